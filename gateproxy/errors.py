@@ -1,0 +1,87 @@
+"""The one exception tree of gateproxy, split by who is at fault.
+
+    GateproxyError
+    ├── ConfigError          the operator's config (file, dotted key path, rule)
+    ├── TLSEngineError       the OpenSSL control layer could not be set up (step, reason)
+    ├── KeyFileError         a ticket key file is malformed (path, rule)
+    └── UpstreamError        an upstream server misbehaved; maps to 502/504
+        ├── UpstreamConnectError
+        ├── UpstreamTimeout
+        └── UpstreamProtocolError
+
+Bad *client* bytes surface as ``h11.RemoteProtocolError`` and get its status hint.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+class GateproxyError(Exception):
+    """Base of every error gateproxy raises on purpose."""
+
+
+@dataclass(frozen=True)
+class ConfigProblem:
+    """One thing wrong with a config: where (dotted key path) and which rule it breaks."""
+
+    path: str
+    message: str
+
+    def render(self, source: str) -> str:
+        where = f"{source}: {self.path}" if self.path else source
+        return f"{where}: {self.message}"
+
+
+class ConfigError(GateproxyError):
+    """A config that cannot be used. Carries every problem found, not just the first."""
+
+    def __init__(self, source: str, problems: list[ConfigProblem] | tuple[ConfigProblem, ...]):
+        self.source = source
+        self.problems = tuple(problems)
+        super().__init__("\n".join(p.render(source) for p in self.problems))
+
+    @classmethod
+    def single(cls, source: str, path: str, message: str) -> ConfigError:
+        return cls(source, [ConfigProblem(path, message)])
+
+
+class TLSEngineError(GateproxyError):
+    """The OpenSSL control layer failed at a named step of its set-up or self-test."""
+
+    def __init__(self, step: str, reason: str):
+        self.step = step
+        self.reason = reason
+        super().__init__(f"TLS engine self-test failed at step '{step}': {reason}")
+
+
+class KeyFileError(GateproxyError):
+    """A session-ticket key file does not follow its format."""
+
+    def __init__(self, path: str, message: str):
+        self.path = path
+        super().__init__(f"{path}: {message}")
+
+
+class UpstreamError(GateproxyError):
+    """An upstream server failed; the proxy answers 502 or 504."""
+
+    status = 502
+
+    def __init__(self, server: str, message: str):
+        self.server = server
+        super().__init__(f"upstream {server}: {message}")
+
+
+class UpstreamConnectError(UpstreamError):
+    """Connecting to the upstream failed (refused, reset, unreachable)."""
+
+
+class UpstreamTimeout(UpstreamError):
+    """The upstream did not connect or answer within its deadline."""
+
+    status = 504
+
+
+class UpstreamProtocolError(UpstreamError):
+    """The upstream sent bytes that are not a valid HTTP/1.1 response."""
