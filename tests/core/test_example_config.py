@@ -1,0 +1,61 @@
+"""The example config parses and shows exactly the built-in defaults."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+
+from gateproxy.core.config import (
+    AccessLogConfig,
+    Config,
+    LimitsConfig,
+    SessionCacheConfig,
+    SessionGuardConfig,
+    TicketsConfig,
+    UpstreamConfig,
+    load_config_text,
+)
+
+CONFIG_DIR = Path(__file__).resolve().parents[2] / "config"
+
+
+def _example() -> Config:
+    path = CONFIG_DIR / "gateproxy.example.yaml"
+    return load_config_text(path.read_text(), source=str(path))
+
+
+def test_example_parses_and_matches_defaults() -> None:
+    config = _example()
+    listener = config.listeners[0]
+    assert listener.tls is not None
+    assert listener.tls.session_cache == SessionCacheConfig()
+    assert listener.tls.tickets == TicketsConfig()
+    assert listener.limits == LimitsConfig()
+    assert config.session_guard == SessionGuardConfig()
+    assert config.access_log == AccessLogConfig()
+    defaults = UpstreamConfig(servers=("127.0.0.1:8080",))
+    assert config.upstreams["app"] == defaults
+    top = Config(listeners=config.listeners, upstreams=config.upstreams)
+    assert (config.workers, config.shutdown_timeout, config.tls_engine, config.admin) == (
+        top.workers,
+        top.shutdown_timeout,
+        top.tls_engine,
+        top.admin,
+    )
+
+
+def test_example_lists_every_limit_key() -> None:
+    raw = yaml.safe_load((CONFIG_DIR / "gateproxy.example.yaml").read_text())
+    assert set(raw["listeners"][0]["limits"]) == set(LimitsConfig.model_fields)
+    assert set(raw["listeners"][0]["tls"]["session_cache"]) == set(SessionCacheConfig.model_fields)
+    assert set(raw["listeners"][0]["tls"]["tickets"]) == set(TicketsConfig.model_fields)
+    assert set(raw["upstreams"]["app"]) == set(UpstreamConfig.model_fields)
+    assert set(raw["session_guard"]) == set(SessionGuardConfig.model_fields)
+    assert set(raw) == set(Config.model_fields)
+
+
+def test_minimal_config_parses() -> None:
+    path = CONFIG_DIR / "minimal.yaml"
+    config = load_config_text(path.read_text(), source=str(path))
+    assert config.listeners[0].health_checks[0].path == "/healthz"
