@@ -1,0 +1,195 @@
+"""The admin listener: ``/stats`` (JSON) and ``/metrics`` (Prometheus) over plain HTTP/1.1.
+
+Theory of operation
+-------------------
+``serve_admin`` runs trio's accept loop (which backs off on EMFILE) with one handler task per
+connection in trio's nursery. Each handler runs an h11 server loop: wait for a request (idle
+keep-alive deadline until the first byte, then a header deadline), answer it from a fresh
+``stats()`` snapshot, and start the next cycle while both sides allow keep-alive. A handler never
+lets an exception escape: broken sockets end its connection quietly, anything else is logged, so
+one client's garbage (or a failing stats provider) cannot affect another client or the listener.
+
+Routes: ``GET``/``HEAD`` on ``/`` (index), ``/stats`` and ``/metrics``; other paths 404, other
+methods on those paths 405 with ``Allow``. A request with a body is answered, then the connection
+is closed (the admin endpoint never reads bodies).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
+from http import HTTPStatus
+
+import h11
+import trio
+
+from gateproxy.core.config import split_hostport
+from gateproxy.core.metrics import render_prometheus
+
+log = logging.getLogger(__name__)
+
+IDLE_TIMEOUT = 30.0  # keep-alive: waiting for the first byte of the next request
+HEADER_TIMEOUT = 10.0  # from the first byte of a request to the end of its headers
+MAX_HEADER_BYTES = 16 * 1024
+RECEIVE_SIZE = 64 * 1024
+
+StatsProvider = Callable[[], dict[str, object]]
+
+JSON_TYPE = "application/json"
+PROMETHEUS_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+TEXT_TYPE = "text/plain; charset=utf-8"
+INDEX = b"gateproxy admin\n\n/stats    JSON statistics\n/metrics  Prometheus metrics\n"
+
+
+@dataclass(frozen=True)
+class _Reply:
+    status: int
+    content_type: str
+    body: bytes
+    extra_headers: tuple[tuple[str, str], ...] = ()
+
+
+def _text(status: int, message: str, *extra: tuple[str, str]) -> _Reply:
+    return _Reply(status, TEXT_TYPE, message.encode() + b"\n", extra)
+
+
+def _render_stats(stats: StatsProvider) -> bytes:
+    return json.dumps(stats(), indent=2, sort_keys=True).encode() + b"\n"
+
+
+def _render_metrics(stats: StatsProvider) -> bytes:
+    return render_prometheus(stats()).encode()
+
+
+_ROUTES: dict[str, tuple[str, Callable[[StatsProvider], bytes]]] = {
+    "/": (TEXT_TYPE, lambda _stats: INDEX),
+    "/stats": (JSON_TYPE, _render_stats),
+    "/metrics": (PROMETHEUS_TYPE, _render_metrics),
+}
+
+
+def route(method: bytes, target: bytes, stats: StatsProvider) -> _Reply:
+    """Decide the reply to one request (the only place that calls ``stats``)."""
+    path = target.split(b"?", 1)[0].decode("ascii", "replace")
+    found = _ROUTES.get(path)
+    if found is None:
+        return _text(404, f"not found: {path}")
+    if method not in (b"GET", b"HEAD"):
+        return _text(405, "method not allowed", ("Allow", "GET, HEAD"))
+    content_type, render = found
+    try:
+        body = render(stats)
+    except Exception:
+        log.exception("admin: rendering %s failed", path)
+        return _text(500, "internal error while collecting stats")
+    return _Reply(200, content_type, body)
+
+
+async def _send(stream: trio.abc.Stream, conn: h11.Connection, event: h11.Event) -> None:
+    data = conn.send(event)
+    if data:
+        await stream.send_all(data)
+
+
+async def _send_reply(
+    stream: trio.abc.Stream, conn: h11.Connection, reply: _Reply, *, close: bool, head: bool = False
+) -> None:
+    headers = [
+        ("Content-Type", reply.content_type),
+        ("Content-Length", str(len(reply.body))),
+        ("Cache-Control", "no-store"),
+        *reply.extra_headers,
+    ]
+    if close:
+        headers.append(("Connection", "close"))
+    reason = HTTPStatus(reply.status).phrase.encode()
+    response = h11.Response(status_code=reply.status, headers=headers, reason=reason)
+    await _send(stream, conn, response)
+    if reply.body and not head:  # a HEAD reply keeps the GET's Content-Length, without the body
+        await _send(stream, conn, h11.Data(data=reply.body))
+    await _send(stream, conn, h11.EndOfMessage())
+
+
+async def _next_request(stream: trio.abc.Stream, conn: h11.Connection) -> h11.Request | None:
+    """The next request's head, or None when the client closed or missed a deadline.
+
+    Like nginx on ``client_header_timeout``, a client that misses a deadline is just disconnected.
+    """
+    started = bool(conn.trailing_data[0])  # pipelined bytes already buffered
+    deadline = trio.current_time() + (HEADER_TIMEOUT if started else IDLE_TIMEOUT)
+    while True:
+        event = conn.next_event()
+        if isinstance(event, h11.Request):
+            return event
+        if event is not h11.NEED_DATA:  # ConnectionClosed (PAUSED cannot happen between cycles)
+            return None
+        with trio.move_on_at(deadline) as scope:
+            data = await stream.receive_some(RECEIVE_SIZE)
+        if scope.cancelled_caught:
+            return None
+        if data and not started:
+            started = True
+            deadline = trio.current_time() + HEADER_TIMEOUT
+        conn.receive_data(bytes(data))
+
+
+async def _serve_connection(stream: trio.abc.Stream, stats: StatsProvider) -> None:
+    conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEADER_BYTES)
+    while True:
+        try:
+            request = await _next_request(stream, conn)
+            if request is None:
+                return
+            # A body-less request is complete right away; anything else closes after the reply.
+            complete = isinstance(conn.next_event(), h11.EndOfMessage)
+        except h11.RemoteProtocolError as exc:
+            if conn.our_state in (h11.IDLE, h11.SEND_RESPONSE):
+                reply = _text(exc.error_status_hint, f"bad request: {exc}")
+                await _send_reply(stream, conn, reply, close=True)
+            return
+        reply = route(request.method, request.target, stats)
+        head = request.method == b"HEAD"
+        await _send_reply(stream, conn, reply, close=not complete, head=head)
+        if conn.our_state is not h11.DONE or conn.their_state is not h11.DONE:
+            return
+        conn.start_next_cycle()
+
+
+async def handle_admin_connection(stream: trio.abc.Stream, *, stats: StatsProvider) -> None:
+    """Serve one admin connection until it ends, then close it.
+
+    Contains every error (logged, never raised) so the listener and other clients go on.
+    """
+    async with stream:
+        try:
+            await _serve_connection(stream, stats)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
+        except Exception:
+            log.exception("admin: connection handler failed")
+
+
+async def serve_admin(
+    listeners: list[trio.SocketListener],
+    *,
+    stats: StatsProvider,
+    task_status: trio.TaskStatus[list[trio.SocketListener]] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Serve ``/stats`` and ``/metrics`` on ``listeners`` forever (never returns).
+
+    ``stats`` returns the stats tree (``gateproxy.core.metrics.build_stats`` or ``merge_stats``);
+    it is called once per ``/stats`` or ``/metrics`` request. ``task_status.started(listeners)``
+    is called once the accept loops run.
+    """
+    await trio.serve_listeners(
+        partial(handle_admin_connection, stats=stats), listeners, task_status=task_status
+    )
+
+
+async def open_admin_listeners(bind: str) -> list[trio.SocketListener]:
+    """Bind ``admin.bind`` (``"127.0.0.1:9901"``, IPv6 as ``"[::1]:9901"``)."""
+    host, port = split_hostport(bind)
+    return await trio.open_tcp_listeners(port, host=host)

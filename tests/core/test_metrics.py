@@ -1,0 +1,390 @@
+"""Counters -> stats tree -> merged tree -> Prometheus text, checked against interfaces.md."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from gateproxy.core.config import LimitsConfig
+from gateproxy.core.metrics import (
+    FAMILIES,
+    LIMIT_NAMES,
+    Metrics,
+    build_stats,
+    merge_stats,
+    render_prometheus,
+)
+
+ENGINE = {
+    "session_cache": {
+        "mode": "lru",
+        "entries": 7,
+        "max_entries": 100,
+        "hits": 5,
+        "misses": 2,
+        "evictions": 1,
+        "expired": 3,
+        "per_client_evictions": 4,
+    },
+    "tickets": {
+        "issued": 11,
+        "renewed": 2,
+        "rejected": 1,
+        "keys": [
+            {"name_prefix": "aabbccdd", "role": "encrypt", "age_s": 10.5},
+            {"name_prefix": "11223344", "role": "decrypt", "age_s": 3610.0},
+        ],
+    },
+    "engine": "ctypes",
+}
+SERVERS = {
+    "app": [
+        {"address": "127.0.0.1:8080", "healthy": True, "active": 2, "idle": 3},
+        {"address": "127.0.0.1:8081", "healthy": False, "active": 0, "idle": 0},
+    ]
+}
+PROCESS = {"rss_bytes": 1000, "open_fds": 12, "uptime_s": 5.5}
+
+
+def _metrics() -> Metrics:
+    m = Metrics()
+    pub = m.listener("public")
+    pub.connections_open = 3
+    pub.connections_total = 40
+    pub.connections_rejected = 2
+    pub.requests_total = 90
+    pub.health_checks = 30
+    pub.handshakes_full = 6
+    pub.handshakes_resumed = 33
+    pub.handshakes_failed = 1
+    for status in (200, 200, 204, 404, 502):
+        pub.response(status)
+    pub.limit_enforced("max_requests_per_connection")
+    pub.limit_enforced("max_requests_per_connection")
+    pub.limit_enforced("max_connections")
+    m.listener("plain").requests_total = 4
+    app = m.upstream("app")
+    app.requests = 50
+    app.failed("connect")
+    app.failed("timeout")
+    app.failed("timeout")
+    m.guard.minted = 8
+    m.guard.minted_for_probes = 6
+    m.guard.stripped = 5
+    return m
+
+
+def _stats(
+    m: Metrics | None = None, *, process: Mapping[str, float] = PROCESS
+) -> dict[str, object]:
+    return build_stats(
+        metrics=m or _metrics(),
+        tls={"public": ENGINE},
+        upstream_servers=SERVERS,
+        guard_tables={"top_paths": [{"path": "/login", "minted": 8}], "minted": -1},
+        process=process,
+    )
+
+
+def _at(tree: object, dotted: str) -> object:
+    for key in dotted.split("."):
+        assert isinstance(tree, Mapping), f"{dotted}: {key!r} not reachable"
+        assert key in tree, f"{dotted}: missing {key!r}"
+        tree = tree[key]
+    return tree
+
+
+# --- counters -----------------------------------------------------------------------------------
+
+
+def test_counters_start_at_zero_with_stable_keys() -> None:
+    m = Metrics()
+    pub = m.listener("public")
+    assert m.listener("public") is pub
+    assert pub.responses_by_class == {"1xx": 0, "2xx": 0, "3xx": 0, "4xx": 0, "5xx": 0}
+    assert set(pub.limits) == set(LIMIT_NAMES) and not any(pub.limits.values())
+    assert m.upstream("app").failures == {"connect": 0, "timeout": 0, "protocol": 0, "reset": 0}
+    pub.limit_enforced("something_new")
+    assert pub.limits["something_new"] == 1
+
+
+def test_limit_names_match_the_config() -> None:
+    assert set(LIMIT_NAMES) == set(LimitsConfig.model_fields)
+
+
+# --- the stats tree -----------------------------------------------------------------------------
+
+CONTRACT = [  # interfaces.md "Stats", with the values of _metrics() / ENGINE / SERVERS / PROCESS
+    ("listeners.public.connections.open", 3),
+    ("listeners.public.connections.total", 40),
+    ("listeners.public.connections.rejected", 2),
+    ("listeners.public.requests.total", 90),
+    ("listeners.public.requests.health_checks", 30),
+    ("listeners.public.requests.responses.2xx", 3),
+    ("listeners.public.requests.responses.4xx", 1),
+    ("listeners.public.requests.responses.5xx", 1),
+    ("listeners.public.tls.handshakes.full", 6),
+    ("listeners.public.tls.handshakes.resumed", 33),
+    ("listeners.public.tls.handshakes.failed", 1),
+    ("listeners.public.tls.session_cache.entries", 7),
+    ("listeners.public.tls.session_cache.max_entries", 100),
+    ("listeners.public.tls.session_cache.hits", 5),
+    ("listeners.public.tls.session_cache.misses", 2),
+    ("listeners.public.tls.session_cache.evictions", 1),
+    ("listeners.public.tls.session_cache.expired", 3),
+    ("listeners.public.tls.session_cache.per_client_evictions", 4),
+    ("listeners.public.tls.tickets.issued", 11),
+    ("listeners.public.tls.tickets.renewed", 2),
+    ("listeners.public.tls.tickets.rejected", 1),
+    ("listeners.public.tls.engine", "ctypes"),
+    ("listeners.public.limits.max_requests_per_connection", 2),
+    ("listeners.public.limits.max_connections", 1),
+    ("listeners.public.limits.request_header_timeout", 0),
+    ("listeners.plain.requests.total", 4),
+    ("upstreams.app.requests", 50),
+    ("upstreams.app.failures.connect", 1),
+    ("upstreams.app.failures.timeout", 2),
+    ("upstreams.app.failures.reset", 0),
+    ("session_guard.minted", 8),
+    ("session_guard.minted_for_probes", 6),
+    ("session_guard.stripped", 5),
+    ("process.rss_bytes", 1000),
+    ("process.open_fds", 12),
+    ("process.uptime_s", 5.5),
+]
+
+
+@pytest.mark.parametrize(("path", "value"), CONTRACT)
+def test_stats_tree_paths(path: str, value: object) -> None:
+    assert _at(_stats(), path) == value
+
+
+def test_stats_tree_lists_and_json() -> None:
+    tree = _stats()
+    keys = _at(tree, "listeners.public.tls.tickets.keys")
+    assert keys == ENGINE["tickets"]["keys"]  # type: ignore[index]  # ENGINE is a literal
+    servers = _at(tree, "upstreams.app.servers")
+    assert servers == SERVERS["app"]
+    assert _at(tree, "session_guard.top_paths") == [{"path": "/login", "minted": 8}]
+    assert json.loads(json.dumps(tree)) == tree  # plain JSON, no tuples or dataclasses
+
+
+def test_plain_listener_has_no_tls_and_missing_engine_fields_are_zero() -> None:
+    m = Metrics()
+    m.listener("plain").requests_total = 1
+    tree = build_stats(
+        metrics=m,
+        tls={"bare": {}},
+        upstream_servers={},
+        guard_tables=None,
+        process=PROCESS,
+    )
+    assert "tls" not in _at(tree, "listeners.plain")  # type: ignore[operator]
+    assert _at(tree, "listeners.bare.connections.total") == 0  # a TLS listener with no traffic
+    assert _at(tree, "listeners.bare.tls.session_cache") == dict.fromkeys(
+        ("entries", "max_entries", "hits", "misses", "evictions", "expired"), 0
+    )
+    assert _at(tree, "listeners.bare.tls.tickets") == {
+        "issued": 0,
+        "renewed": 0,
+        "rejected": 0,
+        "keys": [],
+    }
+    assert _at(tree, "session_guard") == {
+        "minted": 0,
+        "minted_for_probes": 0,
+        "stripped": 0,
+        "pinned_reused": 0,
+    }
+
+
+def test_stats_is_a_snapshot() -> None:
+    m = _metrics()
+    tree = _stats(m)
+    m.listener("public").limit_enforced("max_connections")
+    m.listener("public").requests_total += 1
+    assert _at(tree, "listeners.public.limits.max_connections") == 1
+    assert _at(tree, "listeners.public.requests.total") == 90
+
+
+# --- merging workers ----------------------------------------------------------------------------
+
+
+def _second_worker() -> dict[str, object]:
+    m = Metrics()
+    m.listener("public").requests_total = 10
+    m.listener("public").connections_open = 1
+    m.listener("public").limit_enforced("max_connections")
+    m.upstream("app").failed("reset")
+    engine = {
+        "session_cache": {"entries": 3, "max_entries": 100},
+        "tickets": {"issued": 4, "keys": [{"name_prefix": "ffff0000", "role": "encrypt"}]},
+    }
+    return build_stats(
+        metrics=m,
+        tls={"public": engine},
+        upstream_servers={
+            "app": [
+                {"address": "127.0.0.1:8081", "healthy": True, "active": 1, "idle": 1},
+                {"address": "127.0.0.1:8080", "healthy": False, "active": 4, "idle": 0},
+            ]
+        },
+        guard_tables=None,
+        process={"rss_bytes": 500, "open_fds": 8, "uptime_s": 9.0},
+    )
+
+
+MERGED = [
+    ("listeners.public.requests.total", 100),
+    ("listeners.public.connections.open", 4),
+    ("listeners.public.limits.max_connections", 2),
+    ("listeners.public.tls.session_cache.entries", 10),
+    ("listeners.public.tls.session_cache.max_entries", 200),
+    ("listeners.public.tls.tickets.issued", 15),
+    ("listeners.public.tls.engine", "ctypes"),
+    ("listeners.plain.requests.total", 4),  # only in the first worker
+    ("upstreams.app.failures.reset", 1),
+    ("upstreams.app.failures.timeout", 2),
+    ("session_guard.minted", 8),
+    ("process.rss_bytes", 1500),
+    ("process.open_fds", 20),
+    ("process.uptime_s", 9.0),  # max, not sum
+    ("process.workers", 2),
+]
+
+
+@pytest.mark.parametrize(("path", "value"), MERGED)
+def test_merge_stats(path: str, value: object) -> None:
+    assert _at(merge_stats([_stats(), _second_worker()]), path) == value
+
+
+def test_merge_servers_by_address_and_keys_from_first() -> None:
+    merged = merge_stats([_stats(), _second_worker()])
+    assert _at(merged, "upstreams.app.servers") == [
+        {"address": "127.0.0.1:8080", "healthy": True, "active": 6, "idle": 3},
+        {"address": "127.0.0.1:8081", "healthy": True, "active": 1, "idle": 1},
+    ]
+    assert _at(merged, "listeners.public.tls.tickets.keys") == ENGINE["tickets"]["keys"]  # type: ignore[index]
+
+
+def test_merge_of_one_is_identity_and_of_none_is_empty() -> None:
+    tree = _stats()
+    merged = merge_stats([tree])
+    assert _at(merged, "process.workers") == 1
+    assert _at(merged, "listeners") == _at(tree, "listeners")
+    empty = merge_stats([])
+    assert _at(empty, "listeners") == {} and _at(empty, "process.workers") == 0
+
+
+# --- Prometheus ---------------------------------------------------------------------------------
+
+
+def _samples(text: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+    out = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            key = (sample.name, frozenset(sample.labels.items()))
+            assert key not in out, f"duplicate sample {key}"
+            out[key] = sample.value
+    return out
+
+
+def _s(name: str, **labels: str) -> tuple[str, frozenset[tuple[str, str]]]:
+    return "gateproxy_" + name, frozenset(labels.items())
+
+
+PUB = {"listener": "public"}
+EXPECTED = [
+    (_s("tls_session_cache_entries", **PUB), 7),
+    (_s("tls_session_cache_max_entries", **PUB), 100),
+    (_s("tls_session_cache_hits_total", **PUB), 5),
+    (_s("tls_session_cache_misses_total", **PUB), 2),
+    (_s("tls_session_cache_evictions_total", **PUB), 1),
+    (_s("tls_session_cache_expired_total", **PUB), 3),
+    (_s("tls_handshakes_total", **PUB, kind="full"), 6),
+    (_s("tls_handshakes_total", **PUB, kind="resumed"), 33),
+    (_s("tls_handshakes_total", **PUB, kind="failed"), 1),
+    (_s("tls_tickets_issued_total", **PUB), 11),
+    (_s("tls_tickets_renewed_total", **PUB), 2),
+    (_s("tls_tickets_rejected_total", **PUB), 1),
+    (_s("tls_ticket_key_age_seconds", **PUB, role="encrypt", key="aabbccdd"), 10.5),
+    (_s("tls_ticket_key_age_seconds", **PUB, role="decrypt", key="11223344"), 3610.0),
+    (_s("connections_open", **PUB), 3),
+    (_s("connections_total", **PUB), 40),
+    (_s("connections_rejected_total", **PUB), 2),
+    (_s("requests_total", **PUB), 90),
+    (_s("requests_total", listener="plain"), 4),
+    (_s("responses_total", **PUB, **{"class": "2xx"}), 3),
+    (_s("responses_total", **PUB, **{"class": "5xx"}), 1),
+    (_s("health_checks_total", **PUB), 30),
+    (_s("limit_enforced_total", **PUB, reason="max_requests_per_connection"), 2),
+    (_s("limit_enforced_total", **PUB, reason="body_timeout"), 0),
+    (_s("upstream_healthy", upstream="app", server="127.0.0.1:8080"), 1),
+    (_s("upstream_healthy", upstream="app", server="127.0.0.1:8081"), 0),
+    (_s("upstream_active_connections", upstream="app", server="127.0.0.1:8080"), 2),
+    (_s("upstream_idle_connections", upstream="app", server="127.0.0.1:8080"), 3),
+    (_s("upstream_requests_total", upstream="app"), 50),
+    (_s("upstream_failures_total", upstream="app", reason="timeout"), 2),
+    (_s("upstream_failures_total", upstream="app", reason="protocol"), 0),
+    (_s("session_guard_minted_total"), 8),
+    (_s("session_guard_minted_for_probes_total"), 6),
+    (_s("session_guard_stripped_total"), 5),
+    (_s("process_resident_memory_bytes"), 1000),
+    (_s("process_open_fds"), 12),
+    (_s("process_uptime_seconds"), 5.5),
+]
+
+
+def test_prometheus_values() -> None:
+    samples = _samples(render_prometheus(_stats()))
+    for key, value in EXPECTED:
+        assert samples.get(key) == value, key
+    assert not any(
+        labels and dict(labels).get("listener") == "plain" and "tls" in name
+        for name, labels in samples
+    )
+
+
+def test_prometheus_help_and_type_once_per_family() -> None:
+    text = render_prometheus(merge_stats([_stats(), _second_worker()]))
+    helps = [line.split()[2] for line in text.splitlines() if line.startswith("# HELP")]
+    types = {
+        line.split()[2]: line.split()[3] for line in text.splitlines() if line.startswith("# TYPE")
+    }
+    assert len(helps) == len(set(helps)) == len(types)
+    for name, kind in types.items():
+        assert name.startswith("gateproxy_")
+        assert kind == FAMILIES[name.removeprefix("gateproxy_")][0]
+        assert (kind == "counter") == name.endswith("_total"), name
+    families = {f.name: f for f in text_string_to_metric_families(text)}
+    assert families["gateproxy_tls_handshakes"].type == "counter"
+    assert families["gateproxy_tls_session_cache_entries"].type == "gauge"
+    assert _samples(text)[_s("process_workers")] == 2
+    assert text.endswith("\n")
+
+
+def test_prometheus_escapes_label_values() -> None:
+    name = 'we"ird\\na\nme'
+    m = Metrics()
+    m.listener(name).requests_total = 1
+    tree = build_stats(metrics=m, tls={}, upstream_servers={}, guard_tables=None, process={})
+    text = render_prometheus(tree)
+    assert 'listener="we\\"ird\\\\na\\nme"' in text
+    assert _samples(text)[_s("requests_total", listener=name)] == 1
+
+
+def test_prometheus_tolerates_missing_and_odd_values() -> None:
+    tree: dict[str, object] = {
+        "listeners": {"x": {"connections": {"open": None}, "tls": {"session_cache": "off"}}},
+        "upstreams": {"u": {"servers": "nope"}},
+        "process": {"rss_bytes": float("nan"), "uptime_s": float("inf")},
+    }
+    text = render_prometheus(tree)
+    samples = _samples(text)
+    assert samples[_s("process_uptime_seconds")] == float("inf")
+    assert "gateproxy_process_resident_memory_bytes NaN" in text
+    assert _s("connections_open", listener="x") not in samples
+    assert render_prometheus({}) == ""
