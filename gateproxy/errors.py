@@ -4,10 +4,14 @@
     ├── ConfigError          the operator's config (file, dotted key path, rule)
     ├── TLSEngineError       the OpenSSL control layer could not be set up (step, reason)
     ├── KeyFileError         a ticket key file is malformed (path, rule)
-    └── UpstreamError        an upstream server misbehaved; maps to 502/504
-        ├── UpstreamConnectError
-        ├── UpstreamTimeout
-        └── UpstreamProtocolError
+    ├── UpstreamError        an upstream server misbehaved; maps to 502/504
+    │   ├── UpstreamConnectError
+    │   ├── UpstreamTimeout
+    │   └── UpstreamProtocolError
+    └── ClientError          the downstream client misbehaved (408/413) or vanished
+        ├── ClientDisconnected
+        ├── ClientTimeout
+        └── ClientBodyTooLarge
 
 Bad *client* bytes surface as ``h11.RemoteProtocolError`` and get its status hint.
 """
@@ -85,3 +89,27 @@ class UpstreamTimeout(UpstreamError):
 
 class UpstreamProtocolError(UpstreamError):
     """The upstream sent bytes that are not a valid HTTP/1.1 response."""
+
+
+class ClientError(GateproxyError):
+    """The downstream client misbehaved or went away; never affects another client."""
+
+
+class ClientDisconnected(ClientError):
+    """The client closed or reset its connection; the exchange is abandoned."""
+
+
+class ClientTimeout(ClientError):
+    """The client was too slow; ``limit`` names the timeout (e.g. ``body_timeout``) -> 408."""
+
+    def __init__(self, limit: str):
+        self.limit = limit
+        super().__init__(f"client exceeded {limit}")
+
+
+class ClientBodyTooLarge(ClientError):
+    """The request body crossed ``max_body_bytes`` -> 413."""
+
+    def __init__(self, limit: int):
+        self.limit = limit
+        super().__init__(f"request body larger than max_body_bytes ({limit} bytes)")

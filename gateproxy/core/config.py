@@ -342,18 +342,21 @@ def _cross_check(config: Config) -> Iterator[ConfigProblem]:
                 f"(also listeners[{seen_names[listener.name]}])",
             )
         seen_names.setdefault(listener.name, i)
-        if listener.bind in seen_binds:
+        if listener.bind in seen_binds and not listener.bind.endswith(":0"):
             yield ConfigProblem(
                 f"{where}.bind",
                 f"bind {listener.bind!r} is already used by listeners[{seen_binds[listener.bind]}]",
             )
         seen_binds.setdefault(listener.bind, i)
         yield from _check_listener(config, listener, where)
-    if config.admin is not None and config.admin.bind in seen_binds:
-        yield ConfigProblem("admin.bind", f"bind {config.admin.bind!r} is also a listener's bind")
+    admin_bind = config.admin.bind if config.admin is not None else None
+    if admin_bind in seen_binds and admin_bind is not None and not admin_bind.endswith(":0"):
+        yield ConfigProblem("admin.bind", f"bind {admin_bind!r} is also a listener's bind")
 
 
-def _check_listener(config: Config, listener: ListenerConfig, where: str) -> Iterator[ConfigProblem]:
+def _check_listener(
+    config: Config, listener: ListenerConfig, where: str
+) -> Iterator[ConfigProblem]:
     for j, route in enumerate(listener.routes):
         if route.upstream not in config.upstreams:
             yield ConfigProblem(
@@ -372,7 +375,9 @@ def _check_listener(config: Config, listener: ListenerConfig, where: str) -> Ite
                 f"{where}.health_checks[{j}].upstream", "pass_through mode needs an upstream"
             )
         if check.path in paths:
-            yield ConfigProblem(f"{where}.health_checks[{j}].path", f"duplicate path {check.path!r}")
+            yield ConfigProblem(
+                f"{where}.health_checks[{j}].path", f"duplicate path {check.path!r}"
+            )
         paths.add(check.path)
     tls = listener.tls
     if tls is not None and tls.min_version > tls.max_version:
@@ -380,12 +385,12 @@ def _check_listener(config: Config, listener: ListenerConfig, where: str) -> Ite
             f"{where}.tls.min_version",
             f"min_version {tls.min_version!r} is above max_version {tls.max_version!r}",
         )
-    if tls is not None and tls.tickets.key_format == "haproxy" and tls.tickets.key_files:
-        if len(tls.tickets.key_files) != 1:
-            yield ConfigProblem(
-                f"{where}.tls.tickets.key_files",
-                "the haproxy format takes exactly one file (base64 lines, penultimate encrypts)",
-            )
+    tickets = tls.tickets if tls is not None else None
+    if tickets is not None and tickets.key_format == "haproxy" and len(tickets.key_files) > 1:
+        yield ConfigProblem(
+            f"{where}.tls.tickets.key_files",
+            "the haproxy format takes exactly one file (base64 lines, penultimate encrypts)",
+        )
 
 
 def listener_by_name(config: Config, name: str) -> ListenerConfig:

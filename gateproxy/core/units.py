@@ -36,7 +36,7 @@ def parse_duration(value: object) -> float:
         raise ValueError(f"expected a duration like '5s' or '300ms', got {value!r}")
     match = _NUMBER_WITH_UNIT.match(value)
     unit = match.group(2).lower() if match else None
-    if match is None or unit not in _DURATION_UNITS and unit != "":
+    if match is None or (unit not in _DURATION_UNITS and unit != ""):
         raise ValueError(
             f"expected a duration like '5s', '300ms', '10m' or '1h' (units ms, s, m, h, d), "
             f"got {value!r}"

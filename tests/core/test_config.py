@@ -46,27 +46,55 @@ def test_good_config_loads_frozen() -> None:
     config = load_config_data(GOOD)
     assert config.listeners[0].tls is not None
     assert config.listeners[0].tls.session_cache.max_entries == 20000
-    with pytest.raises(Exception, match="frozen"):
+    with pytest.raises(Exception, match=r"frozen"):
         config.listeners[0].name = "x"  # type: ignore[misc]
 
 
 @pytest.mark.parametrize(
     ("path", "value", "expected"),
     [
-        ("listeners.0.tls.session_cache.max_entries", -5,
-         "gp.yaml: listeners[0].tls.session_cache.max_entries: Input should be greater than or equal to 1, got -5"),
-        ("listeners.0.tls.session_cache.max_entries", "20000",
-         "gp.yaml: listeners[0].tls.session_cache.max_entries: Input should be a valid integer, got '20000'"),
+        (
+            "listeners.0.tls.session_cache.max_entries",
+            -5,
+            "gp.yaml: listeners[0].tls.session_cache.max_entries: "
+            "Input should be greater than or equal to 1, got -5",
+        ),
+        (
+            "listeners.0.tls.session_cache.max_entries",
+            "20000",
+            "gp.yaml: listeners[0].tls.session_cache.max_entries: "
+            "Input should be a valid integer, got '20000'",
+        ),
         ("listeners.0.tls.session_cache.mode", "lfu", "listeners[0].tls.session_cache.mode"),
-        ("listeners.0.tls.handshake_timeout", "10 parsecs", "listeners[0].tls.handshake_timeout: expected a duration"),
-        ("listeners.0.limits.max_body_bytes", "10 MiBs", "listeners[0].limits.max_body_bytes: expected a size"),
+        (
+            "listeners.0.tls.handshake_timeout",
+            "10 parsecs",
+            "listeners[0].tls.handshake_timeout: expected a duration",
+        ),
+        (
+            "listeners.0.limits.max_body_bytes",
+            "10 MiBs",
+            "listeners[0].limits.max_body_bytes: expected a size",
+        ),
         ("listeners.0.bind", "localhost", "listeners[0].bind: expected 'host:port'"),
-        ("listeners.0.probe_clients", ["10.0.0.0/33"], "listeners[0].probe_clients[0]: expected a CIDR"),
-        ("listeners.0.routes.0.upstream", "nope", "listeners[0].routes[0].upstream: unknown upstream 'nope'"),
+        (
+            "listeners.0.probe_clients",
+            ["10.0.0.0/33"],
+            "listeners[0].probe_clients[0]: expected a CIDR",
+        ),
+        (
+            "listeners.0.routes.0.upstream",
+            "nope",
+            "listeners[0].routes[0].upstream: unknown upstream 'nope'",
+        ),
         ("listeners.0.tls.min_version", "1.1", "listeners[0].tls.min_version"),
         ("listeners.0.tls.sesion_cache", {}, "listeners[0].tls.sesion_cache: unknown key"),
         ("upstreams.app.servers", [], "upstreams.app.servers"),
-        ("session_guard.probe_user_agents", ["(unclosed"], "session_guard.probe_user_agents[0]: invalid regular expression"),
+        (
+            "session_guard.probe_user_agents",
+            ["(unclosed"],
+            "session_guard.probe_user_agents[0]: invalid regular expression",
+        ),
         ("workers", 0, "workers"),
         ("bogus_top", 1, "bogus_top: unknown key"),
     ],
@@ -102,7 +130,7 @@ def test_min_above_max_version() -> None:
 
 
 def test_yaml_syntax_error_is_a_config_error() -> None:
-    with pytest.raises(ConfigError, match="gp.yaml: not valid YAML"):
+    with pytest.raises(ConfigError, match=r"gp\.yaml: not valid YAML"):
         load_config_text("listeners: [", source="gp.yaml")
 
 
@@ -125,7 +153,11 @@ def test_probe_limits_override_only_given_keys() -> None:
 
 @pytest.mark.parametrize(
     ("text", "host", "port"),
-    [("127.0.0.1:8443", "127.0.0.1", 8443), ("[::1]:9", "::1", 9), ("example.com:0", "example.com", 0)],
+    [
+        ("127.0.0.1:8443", "127.0.0.1", 8443),
+        ("[::1]:9", "::1", 9),
+        ("example.com:0", "example.com", 0),
+    ],
 )
 def test_split_hostport(text: str, host: str, port: int) -> None:
     assert split_hostport(text) == (host, port)
@@ -133,21 +165,37 @@ def test_split_hostport(text: str, host: str, port: int) -> None:
 
 # Hypothesis: whatever YAML-like data comes in, the loader either returns a Config or raises
 # ConfigError whose every line names the source -- never another exception.
-_scalars = st.one_of(st.none(), st.booleans(), st.integers(), st.floats(allow_nan=False),
-                     st.text(max_size=12))
+_scalars = st.one_of(
+    st.none(), st.booleans(), st.integers(), st.floats(allow_nan=False), st.text(max_size=12)
+)
 _values = st.recursive(
     _scalars,
     lambda children: st.one_of(
         st.lists(children, max_size=3),
-        st.dictionaries(st.sampled_from(["name", "bind", "tls", "routes", "servers", "mode",
-                                         "upstream", "x", "limits", "max_entries"]), children,
-                        max_size=4),
+        st.dictionaries(
+            st.sampled_from(
+                [
+                    "name",
+                    "bind",
+                    "tls",
+                    "routes",
+                    "servers",
+                    "mode",
+                    "upstream",
+                    "x",
+                    "limits",
+                    "max_entries",
+                ]
+            ),
+            children,
+            max_size=4,
+        ),
     ),
     max_leaves=12,
 )
 
 
-@given(st.dictionaries(st.sampled_from(list(Config.model_fields) + ["junk"]), _values, max_size=5))
+@given(st.dictionaries(st.sampled_from([*list(Config.model_fields), "junk"]), _values, max_size=5))
 def test_loader_never_crashes(data: dict[str, object]) -> None:
     try:
         load_config_data(data, source="fuzz.yaml")
@@ -156,8 +204,16 @@ def test_loader_never_crashes(data: dict[str, object]) -> None:
         assert all(line.startswith("fuzz.yaml") for line in str(exc).splitlines())
 
 
-@given(st.sampled_from(["listeners.0.limits.max_headers", "listeners.0.tls.tickets.keep",
-                        "upstreams.app.max_fails"]), st.integers(max_value=-1))
+@given(
+    st.sampled_from(
+        [
+            "listeners.0.limits.max_headers",
+            "listeners.0.tls.tickets.keep",
+            "upstreams.app.max_fails",
+        ]
+    ),
+    st.integers(max_value=-1),
+)
 def test_negative_counts_rejected(path: str, value: int) -> None:
     problems = _problems(_with(path, value))
     dotted = path.replace(".0.", "[0].")

@@ -1,0 +1,147 @@
+"""The ``gateproxy`` command: run, check, demo, gen-cert, keys.
+
+Parsing only; every command calls the daemon or a core function. Bad configs exit non-zero
+with every problem on its own line (file and dotted key path).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import trio
+
+from gateproxy import __version__
+from gateproxy.core.config import Config, load_config_text
+from gateproxy.errors import ConfigError, ConfigProblem, GateproxyError
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the console script; returns the exit status."""
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    try:
+        status: int = args.func(args)
+    except KeyboardInterrupt:
+        return 130
+    except GateproxyError as exc:
+        print(f"gateproxy: {exc}", file=sys.stderr)
+        return 1
+    return status
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="gateproxy",
+        description="TLS-terminating HTTP/1.1 reverse proxy with hard session hygiene.",
+    )
+    parser.add_argument("--version", action="version", version=f"gateproxy {__version__}")
+    sub = parser.add_subparsers(dest="command")
+    run = sub.add_parser("run", help="run the proxy in the foreground")
+    run.add_argument("-c", "--config", required=True, help="YAML config file")
+    run.set_defaults(func=_cmd_run)
+    check = sub.add_parser("check", help="validate a config without binding any socket")
+    check.add_argument("-c", "--config", required=True, help="YAML config file")
+    check.set_defaults(func=_cmd_check)
+    demo = sub.add_parser("demo", help="zero-set-up demo on https://127.0.0.1:8443")
+    demo.add_argument("--port", type=int, default=8443, help="proxy port (default 8443)")
+    demo.add_argument("--admin-port", type=int, default=9901, help="admin port (default 9901)")
+    demo.set_defaults(func=_cmd_demo)
+    gen = sub.add_parser("gen-cert", help="write a self-signed certificate and key")
+    gen.add_argument("rest", nargs=argparse.REMAINDER)
+    gen.set_defaults(func=_cmd_gen_cert)
+    keys = sub.add_parser("keys", help="session-ticket key files")
+    keys_sub = keys.add_subparsers(dest="keys_command", required=True)
+    new = keys_sub.add_parser("new", help="write a fresh ticket key file (mode 0600)")
+    new.add_argument("--format", choices=["nginx", "haproxy"], default="nginx")
+    new.add_argument("--out", required=True, help="file to write")
+    new.set_defaults(func=_cmd_keys_new)
+    return parser
+
+
+def load_config_file(path: str) -> Config:
+    """Read and validate a config file (schema and cross-checks; no certificate files)."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError.single(path, "", f"cannot read config file: {exc.strerror}") from exc
+    return load_config_text(text, source=path)
+
+
+def certificate_problems(config: Config, *, base_dir: Path) -> list[ConfigProblem]:
+    """Every problem with the certificate and key files the config names."""
+    from gateproxy.tls.contexts import check_certificates, check_tls_settings
+
+    problems: list[ConfigProblem] = []
+    for i, listener in enumerate(config.listeners):
+        if listener.tls is not None:
+            where = f"listeners[{i}].tls"
+            problems += check_tls_settings(listener.tls, path=where)
+            problems += check_certificates(listener.tls, base_dir=base_dir, path=where)
+    return problems
+
+
+def _cmd_check(args: argparse.Namespace) -> int:
+    try:
+        config = load_config_file(args.config)
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    problems = certificate_problems(config, base_dir=Path(args.config).resolve().parent)
+    if problems:
+        print(ConfigError(args.config, problems), file=sys.stderr)
+        return 1
+    print(
+        f"{args.config}: OK ({len(config.listeners)} listener(s), "
+        f"{len(config.upstreams)} upstream(s))"
+    )
+    return 0
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from gateproxy.daemon import Daemon
+
+    try:
+        config = load_config_file(args.config)
+        base_dir = Path(args.config).resolve().parent
+        problems = certificate_problems(config, base_dir=base_dir)
+        if problems:
+            raise ConfigError(args.config, problems)
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    daemon = Daemon(config, base_dir=base_dir, source=args.config)
+    trio.run(daemon.serve)
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from gateproxy.quickstart import run_demo
+
+    return run_demo(port=args.port, admin_port=args.admin_port)
+
+
+def _cmd_gen_cert(args: argparse.Namespace) -> int:
+    from gateproxy.certgen import gen_cert_main
+
+    return gen_cert_main(args.rest)
+
+
+def _cmd_keys_new(args: argparse.Namespace) -> int:
+    import time
+
+    from gateproxy.core.key_files import new_key_file
+
+    data = new_key_file(fmt=args.format, random_bytes=os.urandom, now=time.time())
+    fd = os.open(args.out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(data)
+    os.chmod(args.out, 0o600)
+    print(f"wrote {args.format} ticket key file {args.out} (mode 0600)")
+    return 0

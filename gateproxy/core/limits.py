@@ -1,0 +1,95 @@
+"""Per-listener admission and per-connection budgets, decided before anything goes upstream.
+
+Two small pieces of state, both pure (the clock is a parameter):
+
+* :class:`Admission` counts open connections per listener and per client address and answers
+  :class:`Admitted` or :class:`Rejected` *at accept time*, before any TLS work is spent.
+* :class:`ConnectionBudget` belongs to one client connection: it counts requests and knows the
+  connection's age, and after each response says whether keep-alive may continue or which limit
+  closes the connection.
+
+Limit names used in stats (``listeners.<name>.limits.<limit>``) are the config key names.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from gateproxy.core.config import LimitsConfig
+
+
+@dataclass(frozen=True, slots=True)
+class Admitted:
+    """The connection may proceed to its TLS handshake."""
+
+
+@dataclass(frozen=True, slots=True)
+class Rejected:
+    """The connection is closed at once; ``reason`` is the limit's config name."""
+
+    reason: str
+
+
+ADMITTED = Admitted()
+
+
+class Admission:
+    """Open-connection counts for one listener, overall and per client address."""
+
+    def __init__(self, *, max_connections: int, max_per_client: int) -> None:
+        self.max_connections = max_connections
+        self.max_per_client = max_per_client
+        self.open = 0
+        self._per_client: dict[str, int] = {}
+
+    def admit(self, client: str, *, max_per_client: int | None = None) -> Admitted | Rejected:
+        """Count the connection in if it fits; ``max_per_client`` overrides (probe limits)."""
+        if self.open >= self.max_connections:
+            return Rejected("max_connections")
+        held = self._per_client.get(client, 0)
+        cap = self.max_per_client if max_per_client is None else max_per_client
+        if held >= cap:
+            return Rejected("max_connections_per_client")
+        self.open += 1
+        self._per_client[client] = held + 1
+        return ADMITTED
+
+    def release(self, client: str) -> None:
+        """Count a previously admitted connection out."""
+        self.open -= 1
+        held = self._per_client.get(client, 0) - 1
+        if held > 0:
+            self._per_client[client] = held
+        else:
+            self._per_client.pop(client, None)
+
+    def held_by(self, client: str) -> int:
+        return self._per_client.get(client, 0)
+
+    @property
+    def clients(self) -> int:
+        return len(self._per_client)
+
+
+class ConnectionBudget:
+    """Requests served and age of one client connection against its limits."""
+
+    __slots__ = ("limits", "opened_at", "requests")
+
+    def __init__(self, *, limits: LimitsConfig, opened_at: float) -> None:
+        self.limits = limits
+        self.opened_at = opened_at
+        self.requests = 0
+
+    def start_request(self) -> None:
+        self.requests += 1
+
+    def close_reason(self, *, now: float) -> str | None:
+        """After the current response: the limit that ends keep-alive, or None to keep going."""
+        cap = self.limits.max_requests_per_connection
+        if cap and self.requests >= cap:
+            return "max_requests_per_connection"
+        age = self.limits.max_connection_age
+        if age and now - self.opened_at >= age:
+            return "max_connection_age"
+        return None

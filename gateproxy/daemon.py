@@ -1,0 +1,161 @@
+"""The daemon's lifecycle: build runtime state, listen, run timers, drain on stop.
+
+Theory of operation. :class:`Daemon` runs two nurseries: the *connection* nursery holds every
+client connection; inside it the *service* nursery holds the accept loops, the admin listener,
+the timers (session-cache sweep, ticket rotation, upstream idle expiry) and the signal watcher.
+Stopping (SIGTERM/SIGINT or :meth:`Daemon.request_stop`) cancels the service nursery — no more
+accepts — then marks the runtime as draining (health answers turn 503, responses carry
+``Connection: close``, idle keep-alive connections are woken and closed) and gives in-flight
+requests ``shutdown_timeout`` before cancelling what is left. A second signal cancels at once.
+"""
+
+from __future__ import annotations
+
+import math
+import signal
+from collections.abc import Callable
+from pathlib import Path
+
+import trio
+
+from gateproxy.core.config import Config
+from gateproxy.core.metrics import build_stats
+from gateproxy.logs import AccessLog, event
+from gateproxy.net.admin import open_admin_listeners, serve_admin
+from gateproxy.net.listener import bound_address, open_listeners, serve_listener
+from gateproxy.net.procinfo import process_info
+from gateproxy.net.runtime import ListenerRuntime, Runtime, Shared, build_runtime
+from gateproxy.tls.selftest import run_self_test
+
+TIMER_PERIOD = 1.0
+
+
+class Daemon:
+    """One gateproxy process serving a config."""
+
+    def __init__(self, config: Config, *, base_dir: Path, source: str = "<config>") -> None:
+        self.config = config
+        self.base_dir = base_dir
+        self.source = source
+        self.shared = Shared()
+        self.access_log = AccessLog(config.access_log)
+        if config.tls_engine == "full" and any(lc.tls for lc in config.listeners):
+            run_self_test()
+        self.runtime: Runtime = build_runtime(
+            config, base_dir=base_dir, shared=self.shared, access_log=self.access_log, source=source
+        )
+        self.addresses: dict[str, tuple[str, int]] = {}
+        self.admin_address: tuple[str, int] | None = None
+        self._refs: dict[str, list[ListenerRuntime]] = {}
+        self._stop = trio.Event()
+        self._stop_count = 0
+        self.stopped = trio.Event()
+
+    def request_stop(self) -> None:
+        """Begin a graceful drain (the second call cuts it short)."""
+        self._stop_count += 1
+        self._stop.set()
+
+    async def serve(
+        self,
+        *,
+        task_status: trio.TaskStatus[Daemon] = trio.TASK_STATUS_IGNORED,
+        handle_signals: bool = True,
+    ) -> None:
+        """Run until stopped; ``task_status.started(self)`` once every socket is listening."""
+        self.shared.started_at = trio.current_time()
+        async with trio.open_nursery() as connections:
+            async with trio.open_nursery() as services:
+                await self._start_services(services, connections)
+                if handle_signals:
+                    services.start_soon(self._watch_signals)
+                event("started", listeners=self.addresses, admin=self.admin_address)
+                task_status.started(self)
+                await self._stop.wait()
+                services.cancel_scope.cancel()
+            await self._drain(connections)
+        await self._close_upstreams()
+        self.access_log.close()
+        event("stopped")
+        self.stopped.set()
+
+    async def _start_services(self, services: trio.Nursery, connections: trio.Nursery) -> None:
+        for listener in self.runtime.listeners:
+            sockets = await open_listeners(listener.config.bind)
+            self.addresses[listener.name] = bound_address(sockets)
+            ref = [listener]
+            self._refs[listener.name] = ref
+            services.start_soon(_serve, ref, sockets, connections)
+        if self.config.admin is not None:
+            admin_sockets = await open_admin_listeners(self.config.admin.bind)
+            self.admin_address = bound_address(admin_sockets)
+            await services.start(_serve_admin_task, admin_sockets, self.stats)
+        services.start_soon(self._timers)
+
+    async def _drain(self, connections: trio.Nursery) -> None:
+        self.shared.draining = True
+        for scope in list(self.shared.idle_scopes):
+            scope.cancel()
+        event("draining", timeout_s=self.config.shutdown_timeout)
+        connections.cancel_scope.deadline = trio.current_time() + self.config.shutdown_timeout
+        if self._stop_count > 1:
+            connections.cancel_scope.cancel()
+
+    async def _watch_signals(self) -> None:
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+            async for signum in signals:
+                event("signal", signal=signal.Signals(signum).name)
+                self.request_stop()
+                if self._stop_count > 1:
+                    raise SystemExit(1)
+
+    async def _timers(self) -> None:
+        next_sweep: dict[str, float] = {}
+        while True:
+            await trio.sleep(TIMER_PERIOD)
+            now = trio.current_time()
+            for listener in self.runtime.listeners:
+                self._tick_listener(listener, now=now, next_sweep=next_sweep)
+            for group in self.runtime.upstreams.values():
+                await group.close_expired()
+
+    def _tick_listener(
+        self, listener: ListenerRuntime, *, now: float, next_sweep: dict[str, float]
+    ) -> None:
+        engine, tls = listener.engine, listener.config.tls
+        if engine is None or tls is None:
+            return
+        if engine.rotate_if_due(now=now):
+            event("ticket_key_rotated", listener=listener.name)
+        if now >= next_sweep.get(listener.name, -math.inf):
+            engine.sweep(now=now)
+            next_sweep[listener.name] = now + tls.session_cache.sweep_interval
+
+    def stats(self) -> dict[str, object]:
+        now = trio.current_time()
+        return build_stats(
+            metrics=self.shared.metrics,
+            tls={lr.name: lr.engine.stats(now=now) for lr in self.runtime.listeners if lr.engine},
+            upstream_servers={n: g.servers_view() for n, g in self.runtime.upstreams.items()},
+            guard_tables=None,
+            process=process_info(started_at_monotonic=self.shared.started_at, now=now),
+        )
+
+    async def _close_upstreams(self) -> None:
+        for group in self.runtime.upstreams.values():
+            await group.close_idle()
+
+
+async def _serve(
+    ref: list[ListenerRuntime], sockets: list[trio.SocketListener], connections: trio.Nursery
+) -> None:
+    await serve_listener(ref, sockets, handler_nursery=connections)
+
+
+async def _serve_admin_task(
+    sockets: list[trio.SocketListener],
+    stats: Callable[[], dict[str, object]],
+    *,
+    task_status: trio.TaskStatus[list[trio.SocketListener]] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    await serve_admin(sockets, stats=stats, task_status=task_status)

@@ -1,0 +1,416 @@
+"""One client connection: TLS handshake under a deadline, then the h11 server loop.
+
+Theory of operation. ``handle_connection`` runs once per accepted socket, after admission. It
+picks the TLS context from the client's address (probers get the stateless ``probe`` context),
+runs the handshake under ``handshake_timeout`` and counts it (full, resumed or failed). Then
+:class:`Downstream` serves requests in a loop:
+
+* waiting for a request: ``keepalive_timeout`` until its first byte (``request_header_timeout``
+  for the first request), then ``request_header_timeout`` for the whole head (slowloris);
+* each request is checked against the limits *before* anything goes upstream; health checks are
+  answered locally; everything else is routed and forwarded (``net.forward``);
+* after each response the :class:`ConnectionBudget` says whether keep-alive continues.
+
+TLS 1.3 session tickets are deferred until the first request that is not a health check (when the
+listener has health checks); a connection that only asked health paths leaves no session behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ssl
+import time
+from collections.abc import Iterable
+
+import h11
+import trio
+
+from gateproxy.core.config import HealthCheckConfig
+from gateproxy.core.headers import prepare_request_headers
+from gateproxy.core.health import answer_health
+from gateproxy.core.limits import ConnectionBudget, Rejected
+from gateproxy.errors import (
+    ClientBodyTooLarge,
+    ClientDisconnected,
+    ClientError,
+    ClientTimeout,
+    UpstreamError,
+)
+from gateproxy.net.clientio import ClientSide
+from gateproxy.net.forward import Exchange
+from gateproxy.net.runtime import ListenerRuntime
+
+_CLOSING_STATUSES = frozenset({400, 408, 413, 431})
+_STATUS_BODY = {
+    400: b"Bad Request\n",
+    404: b"Not Found\n",
+    408: b"Request Timeout\n",
+    413: b"Content Too Large\n",
+    431: b"Request Header Fields Too Large\n",
+    502: b"Bad Gateway\n",
+    503: b"Service Unavailable\n",
+    504: b"Gateway Timeout\n",
+}
+
+
+async def handle_connection(listener: ListenerRuntime, stream: trio.SocketStream) -> None:
+    """Serve one accepted connection until it closes; never raises for client faults."""
+    client_ip = _peer_ip(stream)
+    probe = listener.probes.is_probe_address(client_ip)
+    limits = listener.limits_for(probe=probe)
+    admitted = listener.admission.admit(client_ip, max_per_client=limits.max_connections_per_client)
+    counters = listener.counters
+    if isinstance(admitted, Rejected):
+        counters.connections_rejected += 1
+        counters.limit_enforced(admitted.reason)
+        await trio.aclose_forcefully(stream)
+        return
+    counters.connections_open += 1
+    counters.connections_total += 1
+    try:
+        await _serve_admitted(listener, stream, client_ip=client_ip, probe=probe)
+    finally:
+        counters.connections_open -= 1
+        listener.admission.release(client_ip)
+
+
+async def _serve_admitted(
+    listener: ListenerRuntime, stream: trio.SocketStream, *, client_ip: str, probe: bool
+) -> None:
+    conn_stream: trio.abc.Stream = stream
+    ssl_object: ssl.SSLObject | None = None
+    if listener.main_context is not None:
+        tls_stream = await _handshake(listener, stream, client_ip=client_ip, probe=probe)
+        if tls_stream is None:
+            return
+        conn_stream = tls_stream
+        ssl_object = tls_stream._ssl_object
+    downstream = Downstream(
+        listener, conn_stream, client_ip=client_ip, probe=probe, ssl_object=ssl_object
+    )
+    try:
+        await downstream.serve()
+    finally:
+        await downstream.finish()
+
+
+async def _handshake(
+    listener: ListenerRuntime, stream: trio.SocketStream, *, client_ip: str, probe: bool
+) -> trio.SSLStream[trio.SocketStream] | None:
+    assert listener.config.tls is not None and listener.main_context is not None
+    context = listener.probe_context if probe and listener.probe_context else listener.main_context
+    tls_stream = trio.SSLStream(stream, context, server_side=True, https_compatible=True)
+    engine = listener.engine
+    if engine is not None and not probe:
+        engine.register_connection(tls_stream._ssl_object, client=client_ip)
+    counters = listener.counters
+    with trio.move_on_after(listener.config.tls.handshake_timeout):
+        try:
+            await tls_stream.do_handshake()
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+            pass
+        else:
+            if tls_stream._ssl_object.session_reused:
+                counters.handshakes_resumed += 1
+            else:
+                counters.handshakes_full += 1
+            return tls_stream
+    counters.handshakes_failed += 1
+    if engine is not None and not probe:
+        engine.unregister_connection(tls_stream._ssl_object)
+    await trio.aclose_forcefully(stream)
+    return None
+
+
+def _peer_ip(stream: trio.SocketStream) -> str:
+    try:
+        peer = stream.socket.getpeername()
+    except OSError:
+        return "unknown"
+    return str(peer[0]) if isinstance(peer, tuple) else str(peer)
+
+
+class Downstream:
+    """The request loop of one client connection."""
+
+    def __init__(
+        self,
+        listener: ListenerRuntime,
+        stream: trio.abc.Stream,
+        *,
+        client_ip: str,
+        probe: bool,
+        ssl_object: ssl.SSLObject | None,
+    ) -> None:
+        self.listener = listener
+        self.limits = listener.limits_for(probe=probe)
+        self.client = ClientSide(stream, max_header_bytes=self.limits.max_header_bytes)
+        self.client_ip = client_ip
+        self.probe = probe
+        self.ssl_object = ssl_object
+        self.budget = ConnectionBudget(limits=self.limits, opened_at=trio.current_time())
+        self.scheme = b"https" if ssl_object is not None else b"http"
+        self.tickets_released = False
+        self.health_requests = 0
+
+    async def serve(self) -> None:
+        """Serve requests until the client leaves or a limit closes the connection."""
+        while True:
+            request = await self._next_request()
+            if request is None:
+                return
+            keep = await self._handle(request)
+            if not keep or self.client.h11.our_state is not h11.DONE:
+                return
+            if self.client.h11.their_state is not h11.DONE:
+                return
+            self.client.h11.start_next_cycle()
+
+    async def finish(self) -> None:
+        engine = self.listener.engine
+        if engine is not None and self.ssl_object is not None and not self.probe:
+            if not self.tickets_released and self.health_requests:
+                engine.forget_session(self.ssl_object)
+            engine.unregister_connection(self.ssl_object)
+        await self.client.close()
+
+    # --- reading a request ----------------------------------------------------------------------
+
+    async def _next_request(self) -> h11.Request | None:
+        limits, client = self.limits, self.client
+        first = self.budget.requests == 0
+        try:
+            if not first and not client.has_buffered_bytes():
+                # Idle keep-alive: wait for the first byte of the next request.
+                event = client.h11.next_event()
+                if event is h11.NEED_DATA and await self._wait_idle() == 0:
+                    return None
+            event = await client.next_event(
+                max_wait=limits.request_header_timeout, limit="request_header_timeout"
+            )
+        except ClientTimeout as exc:
+            self.listener.counters.limit_enforced(exc.limit)
+            if client.h11.their_state is h11.IDLE and not client.has_buffered_bytes() and first:
+                return None  # said nothing at all: close quietly
+            await self._send_error(408)
+            return None
+        except ClientDisconnected:
+            return None
+        except h11.RemoteProtocolError as exc:
+            await self._protocol_error(exc)
+            return None
+        if isinstance(event, h11.Request):
+            return event
+        return None  # ConnectionClosed between requests
+
+    async def _wait_idle(self) -> int:
+        shared = self.listener.shared
+        if shared.draining:
+            return 0
+        with trio.move_on_after(self.limits.keepalive_timeout) as scope:
+            shared.idle_scopes.add(scope)  # a drain cancels it: idle connections close at once
+            try:
+                return await self.client.receive(max_wait=0, limit="keepalive_timeout")
+            finally:
+                shared.idle_scopes.discard(scope)
+        if not shared.draining:
+            self.listener.counters.limit_enforced("keepalive_timeout")
+        return 0
+
+    async def _protocol_error(self, exc: h11.RemoteProtocolError) -> None:
+        status = exc.error_status_hint
+        if status == 431 or "too long" in str(exc).lower():
+            status = 431
+            self.listener.counters.limit_enforced("max_header_bytes")
+        await self._send_error(status)
+
+    async def _send_error(self, status: int) -> None:
+        """A locally generated error; keep-alive survives only when the request was fully read."""
+        client = self.client
+        if client.h11.our_state not in (h11.IDLE, h11.SEND_RESPONSE):
+            return
+        close = (
+            status in _CLOSING_STATUSES
+            or client.h11.their_state is not h11.DONE
+            or self._close_reason() is not None
+        )
+        with contextlib.suppress(ClientError, h11.LocalProtocolError):
+            await client.send_simple(status, _STATUS_BODY.get(status, b"Error\n"), close=close)
+
+    # --- handling a request ---------------------------------------------------------------------
+
+    async def _handle(self, request: h11.Request) -> bool:
+        listener, counters = self.listener, self.listener.counters
+        started = time.monotonic()
+        self.budget.start_request()
+        check = listener.health.match(request.target)
+        if check is not None:
+            return await self._answer_health(request, check)
+        counters.requests_total += 1
+        self._release_tickets()
+        status, server = await self._proxy(request)
+        if status:
+            cls = f"{status // 100}xx"
+            counters.responses_by_class[cls] = counters.responses_by_class.get(cls, 0) + 1
+        listener.access_log.request(
+            client=self.client_ip,
+            method=request.method,
+            target=request.target,
+            status=status,
+            bytes_sent=self.client.bytes_sent,
+            upstream=server,
+            duration=time.monotonic() - started,
+            listener=listener.name,
+        )
+        self.client.bytes_sent = 0
+        return status != 0 and not self.client.aborted
+
+    def _release_tickets(self) -> None:
+        if self.tickets_released:
+            return
+        self.tickets_released = True
+        engine = self.listener.engine
+        if engine is not None and self.ssl_object is not None and not self.probe:
+            engine.send_deferred_tickets(self.ssl_object)
+
+    async def _answer_health(self, request: h11.Request, check: HealthCheckConfig) -> bool:
+        self.health_requests += 1
+        self.listener.counters.health_checks += 1
+        group = self.listener.upstreams.get(check.upstream) if check.upstream else None
+        answer = answer_health(
+            check,
+            method=request.method,
+            servers_up=group.servers_up() if group else [],
+            servers_total=len(group.config.servers) if group else 0,
+            draining=self.listener.shared.draining,
+        )
+        if not await self._drain_request_body():
+            return False
+        close = self._close_reason() is not None
+        body = b"" if request.method == b"HEAD" else answer.body
+        try:
+            await self.client.send(
+                h11.Response(
+                    status_code=answer.status,
+                    headers=[*answer.headers, *([(b"connection", b"close")] if close else [])],
+                )
+            )
+            if body:
+                await self.client.send(h11.Data(data=body))
+            await self.client.send(h11.EndOfMessage())
+        except ClientError:
+            return False
+        return not close
+
+    async def _drain_request_body(self) -> bool:
+        """Read and drop a (small) request body of a locally answered request."""
+        received = 0
+        try:
+            while True:
+                event = await self.client.next_event(
+                    max_wait=self.limits.body_timeout, limit="body_timeout"
+                )
+                if isinstance(event, h11.EndOfMessage):
+                    return True
+                if isinstance(event, h11.Data):
+                    received += len(event.data)
+                    if received > self.limits.max_body_bytes:
+                        await self._send_error(413)
+                        return False
+                else:
+                    return False
+        except (ClientError, h11.RemoteProtocolError):
+            return False
+
+    def _close_reason(self) -> str | None:
+        if self.listener.shared.draining:
+            return "draining"
+        reason = self.budget.close_reason(now=trio.current_time())
+        if reason is not None:
+            self.listener.counters.limit_enforced(reason)
+        return reason
+
+    async def _proxy(self, request: h11.Request) -> tuple[int, str]:
+        """Route and forward; returns (status sent, upstream server) — status 0 if aborted."""
+        rejection = self._reject_before_forwarding(request)
+        if rejection:
+            await self._send_error(rejection)
+            return rejection, ""
+        host = _header(request.headers, b"host")
+        route = self.listener.router.match(host=host, path=request.target)
+        if route is None:
+            if await self._drain_request_body():
+                await self._send_error(404)
+            return 404, ""
+        group = self.listener.upstreams[route.upstream]
+        framing, has_body = _body_framing(request.headers)
+        if not has_body and not await self._drain_request_body():
+            return 0, ""  # (h11 already holds the EndOfMessage: this returns at once)
+        headers = prepare_request_headers(
+            request.headers,
+            client_ip=self.client_ip,
+            scheme=self.scheme.decode(),
+            host=host,
+        )
+        # Framing is re-derived (h11 validated the client's); Expect is answered by us.
+        headers = [(n, v) for n, v in headers if n not in (b"expect", b"content-length")]
+        headers.extend(framing)
+        upstream_request = h11.Request(
+            method=request.method, target=request.target, headers=headers
+        )
+        close = self._close_reason() is not None
+        exchange = Exchange(
+            self.client,
+            group=group,
+            request=upstream_request,
+            has_body=has_body,
+            limits=self.limits,
+            close_client=close,
+        )
+        try:
+            outcome = await exchange.run()
+        except UpstreamError as exc:
+            await self._send_error(exc.status)
+            return exc.status, getattr(exc, "server", "")
+        except ClientTimeout as exc:
+            self.listener.counters.limit_enforced(exc.limit)
+            await self._send_error(408)
+            return 408, exchange.outcome.server
+        except ClientBodyTooLarge:
+            self.listener.counters.limit_enforced("max_body_bytes")
+            await self._send_error(413)
+            return 413, exchange.outcome.server
+        except (ClientError, h11.RemoteProtocolError):
+            await self.client.abort()
+            return 0, exchange.outcome.server
+        return outcome.status, outcome.server
+
+    def _reject_before_forwarding(self, request: h11.Request) -> int:
+        if len(request.headers) > self.limits.max_headers:
+            self.listener.counters.limit_enforced("max_headers")
+            return 431
+        length = _header(request.headers, b"content-length")
+        if length is not None and length.isdigit() and int(length) > self.limits.max_body_bytes:
+            self.listener.counters.limit_enforced("max_body_bytes")
+            return 413
+        return 0
+
+
+def _header(headers: Iterable[tuple[bytes, bytes]], name: bytes) -> bytes | None:
+    for n, v in headers:
+        if n == name:
+            return v
+    return None
+
+
+def _body_framing(
+    headers: Iterable[tuple[bytes, bytes]],
+) -> tuple[list[tuple[bytes, bytes]], bool]:
+    """The framing header to send upstream (h11 already validated the client's)."""
+    for n, _v in headers:
+        if n == b"transfer-encoding":
+            return [(b"transfer-encoding", b"chunked")], True
+    length = _header(headers, b"content-length")
+    if length is not None:
+        return [(b"content-length", length)], length != b"0"
+    return [], False

@@ -1,0 +1,152 @@
+"""Runtime state built from one config generation: listeners, upstream groups, counters.
+
+The daemon builds a :class:`Runtime` from a validated config; connections hold a reference to
+the :class:`ListenerRuntime` they were accepted on, so a reload can build a new generation while
+established connections finish under the old one.
+"""
+
+from __future__ import annotations
+
+import os
+import ssl
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import trio
+
+from gateproxy.core.config import Config, LimitsConfig, ListenerConfig
+from gateproxy.core.health import HealthMatcher
+from gateproxy.core.limits import Admission
+from gateproxy.core.metrics import ListenerCounters, Metrics
+from gateproxy.core.probes import ProbeClassifier
+from gateproxy.core.routing import Router
+from gateproxy.logs import AccessLog
+from gateproxy.net.upstream import UpstreamGroup
+from gateproxy.tls.contexts import build_listener_contexts
+from gateproxy.tls.engine import ListenerTLSEngine
+
+
+@dataclass
+class Shared:
+    """State that outlives a config generation: counters and the drain flag."""
+
+    metrics: Metrics = field(default_factory=Metrics)
+    draining: bool = False
+    idle_scopes: set[trio.CancelScope] = field(default_factory=set)
+    started_at: float = 0.0
+
+
+@dataclass
+class ListenerRuntime:
+    config: ListenerConfig
+    counters: ListenerCounters
+    admission: Admission
+    router: Router
+    health: HealthMatcher
+    probes: ProbeClassifier
+    probe_limits: LimitsConfig
+    upstreams: dict[str, UpstreamGroup]
+    access_log: AccessLog
+    shared: Shared
+    main_context: ssl.SSLContext | None = None
+    probe_context: ssl.SSLContext | None = None
+    engine: ListenerTLSEngine | None = None
+
+    @property
+    def name(self) -> str:
+        return self.config.name
+
+    def limits_for(self, *, probe: bool) -> LimitsConfig:
+        return self.probe_limits if probe else self.config.limits
+
+
+@dataclass
+class Runtime:
+    config: Config
+    listeners: list[ListenerRuntime]
+    upstreams: dict[str, UpstreamGroup]
+    shared: Shared
+    access_log: AccessLog
+
+
+def build_runtime(
+    config: Config,
+    *,
+    base_dir: Path,
+    shared: Shared,
+    access_log: AccessLog,
+    clock: Callable[[], float] = trio.current_time,
+    source: str = "<config>",
+) -> Runtime:
+    """Build every listener's contexts and engine and every upstream group (no sockets yet)."""
+    upstreams = {
+        name: UpstreamGroup(name, cfg, counters=shared.metrics.upstream(name))
+        for name, cfg in config.upstreams.items()
+    }
+    listeners = [
+        _build_listener(
+            config,
+            lc,
+            index=i,
+            base_dir=base_dir,
+            shared=shared,
+            upstreams=upstreams,
+            access_log=access_log,
+            clock=clock,
+            source=source,
+        )
+        for i, lc in enumerate(config.listeners)
+    ]
+    return Runtime(config, listeners, upstreams, shared, access_log)
+
+
+def _build_listener(
+    config: Config,
+    lc: ListenerConfig,
+    *,
+    index: int,
+    base_dir: Path,
+    shared: Shared,
+    upstreams: dict[str, UpstreamGroup],
+    access_log: AccessLog,
+    clock: Callable[[], float],
+    source: str,
+) -> ListenerRuntime:
+    runtime = ListenerRuntime(
+        config=lc,
+        counters=shared.metrics.listener(lc.name),
+        admission=Admission(
+            max_connections=lc.limits.max_connections,
+            max_per_client=lc.limits.max_connections_per_client,
+        ),
+        router=Router(lc.routes),
+        health=HealthMatcher(lc.health_checks),
+        probes=ProbeClassifier(
+            cidrs=lc.probe_clients, user_agents=config.session_guard.probe_user_agents
+        ),
+        probe_limits=lc.probe_limits.apply_to(lc.limits),
+        upstreams=upstreams,
+        access_log=access_log,
+        shared=shared,
+    )
+    if lc.tls is not None:
+        contexts = build_listener_contexts(
+            lc.tls, base_dir=base_dir, source=source, path=f"listeners[{index}].tls"
+        )
+        runtime.main_context = contexts.main
+        runtime.probe_context = contexts.probe
+        runtime.engine = ListenerTLSEngine(
+            main=contexts.main,
+            probe=contexts.probe,
+            tls=lc.tls,
+            keyring=None,
+            defer_tickets=bool(lc.health_checks),
+            clock=clock,
+            degraded=config.tls_engine == "stdlib_only",
+        )
+    return runtime
+
+
+def urandom(n: int) -> bytes:
+    return os.urandom(n)

@@ -1,0 +1,240 @@
+"""Upstream connections (h11 client side) and the per-upstream group that hands them out.
+
+Theory of operation: an :class:`UpstreamGroup` owns one upstream of the config. Which server
+serves the next request is decided by the pure ``core.balancer.Balancer`` (round robin, passive
+failure marking, active health state); whether an idle keep-alive connection is reused, opened or
+closed is decided by the pure ``core.pool.Pool``. This module only executes those decisions:
+it connects (under ``connect_timeout``), tries the next server when one refuses or resets, and
+closes what the pool says to close.
+
+Every OS or protocol failure is translated here into the ``UpstreamError`` family, so callers map
+them to 502/504 without knowing about sockets.
+"""
+
+from __future__ import annotations
+
+import math
+
+import h11
+import trio
+
+from gateproxy.core.balancer import Balancer
+from gateproxy.core.config import UpstreamConfig, split_hostport
+from gateproxy.core.metrics import UpstreamCounters
+from gateproxy.core.pool import Pool
+from gateproxy.errors import (
+    UpstreamConnectError,
+    UpstreamError,
+    UpstreamProtocolError,
+    UpstreamTimeout,
+)
+
+RECEIVE_SIZE = 64 * 1024
+MAX_UPSTREAM_HEADER_BYTES = 64 * 1024
+
+
+class NoServerAvailable(UpstreamError):
+    """Every server of the upstream is down or was just tried: answered with 503 at once."""
+
+    status = 503
+
+
+class UpstreamConnection:
+    """One keep-alive connection to one upstream server, speaking h11 as the client."""
+
+    __slots__ = ("bytes_received", "h11", "requests_served", "reused", "server", "stream")
+
+    def __init__(self, stream: trio.SocketStream, *, server: str) -> None:
+        self.stream = stream
+        self.server = server
+        self.h11 = h11.Connection(h11.CLIENT, max_incomplete_event_size=MAX_UPSTREAM_HEADER_BYTES)
+        self.requests_served = 0
+        self.reused = False
+        self.bytes_received = 0
+
+    async def send(self, event: h11.Event, *, max_wait: float) -> None:
+        """Send one h11 event; failures become UpstreamError."""
+        try:
+            data = self.h11.send(event)
+        except h11.LocalProtocolError as exc:
+            raise UpstreamProtocolError(self.server, f"cannot forward request: {exc}") from exc
+        if not data:
+            return
+        try:
+            with trio.fail_after(max_wait):
+                await self.stream.send_all(data)
+        except trio.TooSlowError as exc:
+            raise UpstreamTimeout(self.server, f"send timed out after {max_wait:g}s") from exc
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+            raise UpstreamConnectError(
+                self.server, f"connection lost while sending: {exc}"
+            ) from exc
+
+    async def next_event(self, *, max_wait: float) -> h11.Event:
+        """The next h11 event from the server; ``max_wait`` bounds each read (nginx semantics)."""
+        while True:
+            try:
+                event = self.h11.next_event()
+            except h11.RemoteProtocolError as exc:
+                raise UpstreamProtocolError(self.server, f"invalid response: {exc}") from exc
+            if event is not h11.NEED_DATA:
+                return event  # type: ignore[return-value]  # h11 types NEED_DATA as a sentinel class
+            await self._receive(max_wait=max_wait)
+
+    async def _receive(self, *, max_wait: float) -> None:
+        try:
+            with trio.fail_after(max_wait):
+                data = await self.stream.receive_some(RECEIVE_SIZE)
+        except trio.TooSlowError as exc:
+            raise UpstreamTimeout(self.server, f"no data for {max_wait:g}s") from exc
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+            raise UpstreamConnectError(self.server, f"connection reset: {exc}") from exc
+        self.bytes_received += len(data)
+        try:
+            self.h11.receive_data(data)
+        except h11.RemoteProtocolError as exc:
+            raise UpstreamProtocolError(self.server, f"invalid response: {exc}") from exc
+
+    def finish_cycle(self) -> bool:
+        """After a complete exchange: ready the connection for reuse; False if it must close."""
+        if self.h11.our_state is h11.DONE and self.h11.their_state is h11.DONE:
+            self.h11.start_next_cycle()
+            self.requests_served += 1
+            self.bytes_received = 0
+            return True
+        return False
+
+    async def aclose(self) -> None:
+        with trio.CancelScope(shield=True):
+            await trio.aclose_forcefully(self.stream)
+
+
+class UpstreamGroup:
+    """One configured upstream: balancer + pool decisions executed with real sockets."""
+
+    def __init__(self, name: str, config: UpstreamConfig, *, counters: UpstreamCounters) -> None:
+        self.name = name
+        self.config = config
+        self.counters = counters
+        self.balancer = Balancer(
+            config.servers, max_fails=config.max_fails, fail_timeout=config.fail_timeout
+        )
+        self.pool: Pool[UpstreamConnection] = Pool(
+            max_idle=config.keepalive,
+            idle_timeout=config.keepalive_timeout,
+            max_requests=config.keepalive_requests,
+        )
+
+    async def acquire(self, *, fresh: bool = False) -> UpstreamConnection:
+        """A connection to a usable server: reused from the pool, or newly opened.
+
+        Servers that refuse or reset are marked (passive checks) and the next one is tried.
+        ``fresh`` skips the pool (a retry after a stale keep-alive connection).
+        """
+        tried: set[str] = set()
+        last_error: UpstreamError | None = None
+        while True:
+            now = trio.current_time()
+            server = self.balancer.pick(now=now, exclude=tried)
+            if server is None:
+                if last_error is not None:
+                    raise last_error
+                raise NoServerAvailable(self.name, "no server of this upstream is available")
+            tried.add(server)
+            checkout = self.pool.checkout(server, now=now)
+            await _close_all(checkout.close)
+            if checkout.reuse is not None and not fresh:
+                checkout.reuse.reused = True
+                return checkout.reuse
+            if checkout.reuse is not None:
+                await checkout.reuse.aclose()
+            try:
+                return await self._open(server)
+            except UpstreamError as exc:
+                self.pool.discard(server)
+                self.report_failure(
+                    server, reason="connect" if not isinstance(exc, UpstreamTimeout) else "timeout"
+                )
+                last_error = exc
+
+    async def _open(self, server: str) -> UpstreamConnection:
+        host, port = split_hostport(server)
+        try:
+            with trio.fail_after(self.config.connect_timeout):
+                stream = await trio.open_tcp_stream(host, port)
+        except trio.TooSlowError as exc:
+            raise UpstreamTimeout(
+                server, f"connect timed out after {self.config.connect_timeout:g}s"
+            ) from exc
+        except OSError as exc:
+            raise UpstreamConnectError(server, f"connect failed: {exc.strerror or exc}") from exc
+        return UpstreamConnection(stream, server=server)
+
+    async def release(self, conn: UpstreamConnection, *, reusable: bool) -> None:
+        """Give a connection back after a request; the pool decides keep or close."""
+        reusable = reusable and conn.finish_cycle()
+        to_close = self.pool.checkin(
+            conn.server,
+            conn,
+            reusable=reusable,
+            requests_served=conn.requests_served,
+            now=trio.current_time(),
+        )
+        if reusable:
+            self.balancer.report_success(conn.server)
+        await _close_all(to_close)
+
+    async def discard(self, conn: UpstreamConnection) -> None:
+        """Drop a broken connection: never reused."""
+        self.pool.discard(conn.server)
+        await conn.aclose()
+
+    def report_failure(self, server: str, *, reason: str) -> None:
+        self.counters.failures[reason] = self.counters.failures.get(reason, 0) + 1
+        self.balancer.report_failure(server, now=trio.current_time())
+
+    async def close_expired(self) -> None:
+        await _close_all(self.pool.expired(now=trio.current_time()))
+
+    async def close_idle(self) -> None:
+        await _close_all(self.pool.close_all())
+
+    def servers_view(self) -> list[dict[str, object]]:
+        now = trio.current_time()
+        out: list[dict[str, object]] = []
+        for state in self.balancer.servers_state(now=now):
+            active, idle = self.pool.counts(state.address)
+            out.append(
+                {
+                    "address": state.address,
+                    "healthy": state.healthy and state.available,
+                    "active": active,
+                    "idle": idle,
+                }
+            )
+        return out
+
+    def servers_up(self) -> list[str]:
+        now = trio.current_time()
+        return [
+            s.address for s in self.balancer.servers_state(now=now) if s.healthy and s.available
+        ]
+
+
+async def _close_all(conns: tuple[UpstreamConnection, ...]) -> None:
+    for conn in conns:
+        await conn.aclose()
+
+
+def failure_reason(exc: UpstreamError) -> str:
+    """Label for ``gateproxy_upstream_failures_total{reason=...}``."""
+    if isinstance(exc, UpstreamTimeout):
+        return "timeout"
+    if isinstance(exc, UpstreamProtocolError):
+        return "protocol"
+    if isinstance(exc, NoServerAvailable):
+        return "no_server"
+    return "connect"
+
+
+INFINITE = math.inf

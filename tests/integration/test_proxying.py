@@ -1,0 +1,152 @@
+"""HTTP/1.1 proxying rules as seen by a recording upstream and by clients."""
+
+from __future__ import annotations
+
+import trio
+import trustme
+
+from tests.conftest import CertPaths
+from tests.helpers.clients import Request, curl, https_exchange, https_request
+from tests.helpers.proxy import address, proxy_config, running_proxy, tls_listener
+from tests.helpers.upstreams import RecordingUpstream, Response
+
+
+async def test_forwarding_headers_and_hop_by_hop_both_ways(
+    ca: trustme.CA, server_cert: CertPaths
+) -> None:
+    upstream_headers = [
+        ("Connection", "x-upstream-secret"),
+        ("X-Upstream-Secret", "hidden"),
+        ("Keep-Alive", "timeout=5"),
+        ("X-Visible", "yes"),
+    ]
+    async with RecordingUpstream(headers=upstream_headers) as up:
+        config = proxy_config(
+            [tls_listener(cert=server_cert.cert, key=server_cert.key)],
+            {"app": {"servers": [up.address]}},
+        )
+        async with running_proxy(config) as daemon:
+            resp = await https_request(
+                address(daemon),
+                ca=ca,
+                path="/p?q=1",
+                headers=[
+                    ("Connection", "keep-alive, X-Drop-Me"),
+                    ("X-Drop-Me", "secret"),
+                    ("Keep-Alive", "timeout=1"),
+                    ("Proxy-Connection", "keep-alive"),
+                    ("TE", "trailers"),
+                    ("X-Forwarded-For", "203.0.113.7"),
+                    ("X-Forwarded-Proto", "http"),
+                    ("Via", "1.0 edge"),
+                    ("X-Keep", "kept"),
+                ],
+            )
+    req = up.requests[0]
+    assert req.target == "/p?q=1"
+    for dropped in ("x-drop-me", "keep-alive", "proxy-connection", "te", "connection"):
+        assert req.header(dropped) is None, dropped
+    assert req.header("x-keep") == "kept"
+    assert req.header("x-forwarded-for") == "203.0.113.7, 127.0.0.1"
+    assert req.header("x-forwarded-proto") == "https"
+    assert req.header("x-forwarded-host") == "localhost:" + address(daemon).split(":")[1]
+    assert req.header("host") == req.header("x-forwarded-host")  # the client's Host is kept
+    assert req.header("via") == "1.0 edge, 1.1 gateproxy"
+    assert resp.status == 200
+    assert resp.header("x-upstream-secret") is None
+    assert resp.header("keep-alive") is None
+    assert resp.header("x-visible") == "yes"
+    assert resp.header("via") == "1.1 gateproxy"
+
+
+async def test_keep_alive_routing_404_and_head(ca: trustme.CA, server_cert: CertPaths) -> None:
+    async with RecordingUpstream(body=b"api\n") as api, RecordingUpstream(body=b"web\n") as web:
+        listener = tls_listener(cert=server_cert.cert, key=server_cert.key)
+        listener["routes"] = [
+            {"path_prefix": "/api/", "upstream": "api"},
+            {"path_prefix": "/", "host": "www.example.test", "upstream": "web"},
+        ]
+        config = proxy_config(
+            [listener], {"api": {"servers": [api.address]}, "web": {"servers": [web.address]}}
+        )
+        async with running_proxy(config) as daemon:
+            responses = await https_exchange(
+                address(daemon),
+                [
+                    Request(path="/api/users"),
+                    Request(path="/nowhere"),
+                    Request(path="/", headers=[("Host", "WWW.example.test:443")]),
+                    Request(method="HEAD", path="/api/x"),
+                    Request(path="/api/again"),
+                ],
+                ca=ca,
+            )
+            stats = daemon.stats()
+    assert [r.status for r in responses] == [200, 404, 200, 200, 200]
+    assert [r.body for r in responses] == [b"api\n", b"Not Found\n", b"web\n", b"", b"api\n"]
+    assert responses[3].header("content-length") == "4"
+    assert [r.method for r in api.requests] == ["GET", "HEAD", "GET"]
+    assert api.connections == 1  # one upstream keep-alive connection served all three
+    listener_stats = stats["listeners"]["public"]  # type: ignore[index]
+    assert listener_stats["connections"]["total"] == 1
+    assert listener_stats["requests"]["total"] == 5
+
+
+async def test_http10_client_and_expect_100_continue(
+    ca_pem_path: object, server_cert: CertPaths
+) -> None:
+    def echo(request: object) -> Response:
+        body = getattr(request, "body", b"")
+        return Response(body=b"got %d bytes\n" % len(body))
+
+    async with RecordingUpstream(respond=echo) as up:
+        config = proxy_config(
+            [tls_listener(cert=server_cert.cert, key=server_cert.key)],
+            {"app": {"servers": [up.address]}},
+        )
+        async with running_proxy(config) as daemon:
+            port = daemon.addresses["public"][1]
+            base = ["-sS", "--cacert", str(ca_pem_path), "--resolve", f"localhost:{port}:127.0.0.1"]
+            http10 = await curl([*base, "--http1.0", f"https://localhost:{port}/old"])
+            expect = await curl(
+                [
+                    *base,
+                    "-H",
+                    "Expect: 100-continue",
+                    "--data-binary",
+                    "@-",
+                    "-w",
+                    "%{http_code}",
+                    f"https://localhost:{port}/upload",
+                ],
+                input=b"x" * 5000,
+            )
+    assert http10.returncode == 0 and http10.stdout == b"got 0 bytes\n", http10.stderr
+    assert expect.returncode == 0, expect.stderr
+    assert expect.stdout == b"got 5000 bytes\n200"
+    assert up.requests[1].header("expect") is None  # answered by the proxy, not forwarded
+
+
+async def test_plain_http_listener(ca: trustme.CA) -> None:
+    async with RecordingUpstream(body=b"plain\n") as up:
+        config = proxy_config(
+            [
+                {
+                    "name": "plain",
+                    "bind": "127.0.0.1:0",
+                    "routes": [{"path_prefix": "/", "upstream": "app"}],
+                }
+            ],
+            {"app": {"servers": [up.address]}},
+        )
+        async with running_proxy(config) as daemon:
+            host, port = daemon.addresses["plain"]
+            data = b""
+            async with await trio.open_tcp_stream(host, port) as stream:
+                await stream.send_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                with trio.fail_after(5):
+                    while chunk := await stream.receive_some(4096):
+                        data += chunk
+    assert data.startswith(b"HTTP/1.1 200")
+    assert data.endswith(b"plain\n")
+    assert up.requests[0].header("x-forwarded-proto") == "http"

@@ -1,0 +1,161 @@
+"""TLS termination end to end: real sockets, real handshakes, clients nobody here wrote."""
+
+from __future__ import annotations
+
+import ssl
+
+import pytest
+import trio
+import trustme
+
+from tests.conftest import CertPaths
+from tests.helpers.clients import curl, https_request, openssl_s_client, pyopenssl_get
+from tests.helpers.proxy import address, proxy_config, running_proxy, tls_listener
+from tests.helpers.upstreams import RecordingUpstream
+
+
+@pytest.mark.parametrize("version", ["TLSv1.2", "TLSv1.3"])
+async def test_both_tls_versions_proxy_a_request(
+    ca: trustme.CA, server_cert: CertPaths, version: str
+) -> None:
+    async with RecordingUpstream(body=b"from app\n") as up:
+        config = proxy_config(
+            [tls_listener(cert=server_cert.cert, key=server_cert.key)],
+            {"app": {"servers": [up.address]}},
+        )
+        async with running_proxy(config) as daemon:
+            resp = await https_request(
+                address(daemon), ca=ca, tls_version=version, alpn=["http/1.1"]
+            )
+    assert resp.status == 200
+    assert resp.body == b"from app\n"
+    assert resp.tls_version == version
+    assert resp.alpn_protocol == "http/1.1"
+    assert up.requests[0].header("x-forwarded-proto") == "https"
+
+
+async def test_sni_chooses_the_second_certificate(
+    ca: trustme.CA, server_cert: CertPaths, second_cert: CertPaths
+) -> None:
+    async with RecordingUpstream() as up:
+        listener = tls_listener(cert=server_cert.cert, key=server_cert.key)
+        listener["tls"]["certificates"].append(
+            {"cert": str(second_cert.cert), "key": str(second_cert.key)}
+        )
+        config = proxy_config([listener], {"app": {"servers": [up.address]}})
+        async with running_proxy(config) as daemon:
+            # check_hostname is on: the handshake only succeeds with the example.test certificate
+            second = await https_request(address(daemon), ca=ca, server_hostname="example.test")
+            default = await https_request(address(daemon), ca=ca, server_hostname="localhost")
+            with pytest.raises(ssl.SSLCertVerificationError):
+                # without the second certificate the default one would be served for example.test
+                await https_request(address(daemon), ca=ca, server_hostname="other.test")
+    assert second.status == default.status == 200
+
+
+@pytest.mark.parametrize(
+    ("min_version", "max_version", "client"),
+    [("1.3", "1.3", "TLSv1.2"), ("1.2", "1.2", "TLSv1.3")],
+)
+async def test_version_outside_min_max_is_refused(
+    ca: trustme.CA, server_cert: CertPaths, min_version: str, max_version: str, client: str
+) -> None:
+    async with RecordingUpstream() as up:
+        listener = tls_listener(
+            cert=server_cert.cert,
+            key=server_cert.key,
+            tls={"min_version": min_version, "max_version": max_version},
+        )
+        config = proxy_config([listener], {"app": {"servers": [up.address]}})
+        async with running_proxy(config) as daemon:
+            with pytest.raises(ssl.SSLError):
+                await https_request(address(daemon), ca=ca, tls_version=client)
+            stats = daemon.stats()
+    assert up.requests == []
+    assert stats["listeners"]["public"]["tls"]["handshakes"]["failed"] == 1  # type: ignore[index]
+
+
+async def test_curl_openssl_and_pyopenssl_clients(
+    ca: trustme.CA, ca_pem_path: object, server_cert: CertPaths
+) -> None:
+    async with RecordingUpstream(body=b"hello\n") as up:
+        config = proxy_config(
+            [tls_listener(cert=server_cert.cert, key=server_cert.key)],
+            {"app": {"servers": [up.address]}},
+        )
+        async with running_proxy(config) as daemon:
+            host, port = daemon.addresses["public"]
+            url = f"https://localhost:{port}/curl"
+            result = await curl(
+                [
+                    "-sS",
+                    "--cacert",
+                    str(ca_pem_path),
+                    "--resolve",
+                    f"localhost:{port}:127.0.0.1",
+                    "--tlsv1.3",
+                    url,
+                ]
+            )
+            s_client = await openssl_s_client(
+                [
+                    "-connect",
+                    f"{host}:{port}",
+                    "-servername",
+                    "localhost",
+                    "-CAfile",
+                    str(ca_pem_path),
+                    "-tls1_2",
+                    "-quiet",
+                    "-verify_return_error",
+                ],
+                input=b"GET /openssl HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
+            )
+            pyo = await pyopenssl_get(
+                address(daemon), "/pyopenssl", ca_pem=ca.cert_pem.bytes(), tls_version="TLSv1.3"
+            )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == b"hello\n"
+    assert b"HTTP/1.1 200" in s_client.stdout, s_client.stderr
+    assert pyo.status == 200 and pyo.body == b"hello\n"
+    assert [r.target for r in up.requests] == ["/curl", "/openssl", "/pyopenssl"]
+
+
+async def test_garbage_and_plain_http_cost_one_connection_each(
+    ca: trustme.CA, server_cert: CertPaths
+) -> None:
+    async with RecordingUpstream() as up:
+        config = proxy_config(
+            [
+                tls_listener(
+                    cert=server_cert.cert, key=server_cert.key, tls={"handshake_timeout": "1s"}
+                )
+            ],
+            {"app": {"servers": [up.address]}},
+        )
+        async with running_proxy(config) as daemon:
+            host, port = daemon.addresses["public"]
+            hostile = [
+                b"\x00\xff" * 300,  # random bytes
+                b"GET / HTTP/1.1\r\nHost: x\r\n\r\n",  # plain HTTP to the TLS port
+                b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03",  # a half-sent ClientHello
+            ]
+            streams = []
+            for payload in hostile:
+                s = await trio.open_tcp_stream(host, port)
+                await s.send_all(payload)
+                streams.append(s)
+            vanisher = await trio.open_tcp_stream(host, port)
+            await vanisher.send_all(b"\x16\x03\x01\x00\x10")
+            await vanisher.aclose()  # a client that vanishes mid-handshake
+            resp = await https_request(address(daemon), ca=ca)  # meanwhile a good client
+            with trio.fail_after(5):
+                for s in streams:  # each hostile connection is closed by the proxy
+                    while await s.receive_some(4096):
+                        pass
+                    await s.aclose()
+            stats = daemon.stats()
+    assert resp.status == 200
+    tls_stats = stats["listeners"]["public"]["tls"]["handshakes"]  # type: ignore[index]
+    assert tls_stats["failed"] == 4
+    assert tls_stats["full"] == 1
