@@ -41,15 +41,20 @@ class Daemon:
         self.access_log = AccessLog(config.access_log)
         if config.tls_engine == "full" and any(lc.tls for lc in config.listeners):
             run_self_test()
-        self.runtime: Runtime = build_runtime(
-            config, base_dir=base_dir, shared=self.shared, access_log=self.access_log, source=source
-        )
+        self._runtime: Runtime | None = None
         self.addresses: dict[str, tuple[str, int]] = {}
         self.admin_address: tuple[str, int] | None = None
         self._refs: dict[str, list[ListenerRuntime]] = {}
         self._stop = trio.Event()
         self._stop_count = 0
         self.stopped = trio.Event()
+
+    @property
+    def runtime(self) -> Runtime:
+        """The live config generation (built inside ``serve``: it reads the trio clock)."""
+        if self._runtime is None:
+            raise RuntimeError("the daemon is not serving yet")
+        return self._runtime
 
     def request_stop(self) -> None:
         """Begin a graceful drain (the second call cuts it short)."""
@@ -64,6 +69,13 @@ class Daemon:
     ) -> None:
         """Run until stopped; ``task_status.started(self)`` once every socket is listening."""
         self.shared.started_at = trio.current_time()
+        self._runtime = build_runtime(
+            self.config,
+            base_dir=self.base_dir,
+            shared=self.shared,
+            access_log=self.access_log,
+            source=self.source,
+        )
         async with trio.open_nursery() as connections:
             async with trio.open_nursery() as services:
                 await self._start_services(services, connections)

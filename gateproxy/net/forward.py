@@ -119,12 +119,12 @@ class Exchange:
     async def _exchange(self, conn: UpstreamConnection) -> None:
         send_timeout = self.group.config.send_timeout
         self.group.counters.requests += 1
+        self._head_scope = trio.CancelScope()  # one per attempt: a scope serves one `with` only
         await conn.send(self.request, max_wait=send_timeout)
         if not self.has_body:
             await conn.send(h11.EndOfMessage(), max_wait=send_timeout)
             await self._relay(conn)
             return
-        self._head_scope.deadline = math.inf
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._pump, conn)
             await self._relay(conn)

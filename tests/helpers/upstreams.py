@@ -81,6 +81,13 @@ class _Upstream:
         self._changed = trio.Event()
         self._nursery_cm: AbstractAsyncContextManager[trio.Nursery] | None = None
         self._nursery: trio.Nursery | None = None
+        self._streams: set[trio.SocketStream] = set()
+
+    async def drop_connections(self) -> None:
+        """Close every open connection (an upstream restart as its idle clients see it)."""
+        for stream in list(self._streams):
+            await trio.aclose_forcefully(stream)
+        await self.wait_for(lambda: self.open_connections == 0)
 
     async def __aenter__(self) -> Self:
         self._nursery_cm = trio.open_nursery()
@@ -125,6 +132,7 @@ class _Upstream:
         self.connections += 1
         self.open_connections += 1
         connection_id = self.connections
+        self._streams.add(stream)
         self.notify()
         try:
             async with stream:
@@ -132,6 +140,7 @@ class _Upstream:
         except (trio.BrokenResourceError, trio.ClosedResourceError, h11.RemoteProtocolError) as exc:
             self.errors.append(exc)
         finally:
+            self._streams.discard(stream)
             self.open_connections -= 1
             self.closed_connections += 1
             self.notify()
