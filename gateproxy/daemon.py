@@ -76,20 +76,23 @@ class Daemon:
             access_log=self.access_log,
             source=self.source,
         )
-        async with trio.open_nursery() as connections:
-            async with trio.open_nursery() as services:
-                await self._start_services(services, connections)
-                if handle_signals:
-                    services.start_soon(self._watch_signals)
-                event("started", listeners=self.addresses, admin=self.admin_address)
-                task_status.started(self)
-                await self._stop.wait()
-                services.cancel_scope.cancel()
-            await self._drain(connections)
-        await self._close_upstreams()
-        self.access_log.close()
-        event("stopped")
-        self.stopped.set()
+        try:
+            async with trio.open_nursery() as connections:
+                async with trio.open_nursery() as services:
+                    await self._start_services(services, connections)
+                    if handle_signals:
+                        services.start_soon(self._watch_signals)
+                    event("started", listeners=self.addresses, admin=self.admin_address)
+                    task_status.started(self)
+                    await self._stop.wait()
+                    services.cancel_scope.cancel()
+                await self._drain(connections)
+        finally:
+            with trio.CancelScope(shield=True):
+                await self._close_upstreams()
+            self.access_log.close()
+            event("stopped")
+            self.stopped.set()
 
     async def _start_services(self, services: trio.Nursery, connections: trio.Nursery) -> None:
         for listener in self.runtime.listeners:

@@ -6,7 +6,9 @@ chosen with the HYPOTHESIS_PROFILE environment variable.
 
 from __future__ import annotations
 
+import gc
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import NamedTuple
 
@@ -64,3 +66,10 @@ def server_cert(ca: trustme.CA, tmp_path: Path) -> CertPaths:
 def second_cert(ca: trustme.CA, tmp_path: Path) -> CertPaths:
     """A second leaf, for ``example.test`` only (SNI tests)."""
     return _write_leaf(tmp_path / "second", ca.issue_cert("example.test"))
+
+
+@pytest.fixture(autouse=True)
+def _collect_garbage_after_each_test() -> Iterator[None]:
+    """Leaked sockets warn in the test that leaked them, not in a later one."""
+    yield
+    gc.collect()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+from http import HTTPStatus
 
 import h11
 import trio
@@ -19,16 +20,30 @@ from gateproxy.errors import ClientDisconnected, ClientTimeout
 RECEIVE_SIZE = 64 * 1024
 
 
+def reason(status: int) -> bytes:
+    """The standard reason phrase (h11 sends an empty one unless told)."""
+    try:
+        return HTTPStatus(status).phrase.encode()
+    except ValueError:
+        return b""
+
+
 class ClientSide:
     """h11 server connection bound to one client stream (TLS or plain)."""
 
-    __slots__ = ("aborted", "bytes_sent", "h11", "stream")
+    __slots__ = ("aborted", "bytes_received", "bytes_sent", "h11", "stream")
 
     def __init__(self, stream: trio.abc.Stream, *, max_header_bytes: int) -> None:
         self.stream = stream
         self.h11 = h11.Connection(h11.SERVER, max_incomplete_event_size=max_header_bytes)
         self.bytes_sent = 0
+        self.bytes_received = 0
         self.aborted = False
+
+    def consumed(self) -> int:
+        """Bytes h11 has parsed so far. h11 bounds only *incomplete* heads, so the size of a
+        head that arrived whole in one read is measured as the difference of two calls."""
+        return self.bytes_received - len(self.h11.trailing_data[0])
 
     async def send(self, event: h11.Event) -> None:
         """Send one event to the client; a vanished client raises ClientDisconnected."""
@@ -59,6 +74,7 @@ class ClientSide:
             raise ClientTimeout(limit) from exc
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
             raise ClientDisconnected(f"client connection lost: {exc}") from exc
+        self.bytes_received += len(data)
         self.h11.receive_data(bytes(data))
         return len(data)
 
@@ -91,7 +107,9 @@ class ClientSide:
         ]
         if close:
             all_headers.append((b"connection", b"close"))
-        await self.send(h11.Response(status_code=status, headers=all_headers))
+        await self.send(
+            h11.Response(status_code=status, headers=all_headers, reason=reason(status))
+        )
         if body:
             await self.send(h11.Data(data=body))
         await self.send(h11.EndOfMessage())

@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import ssl
 import time
+import traceback
 from collections.abc import Iterable
 
 import h11
@@ -36,11 +37,12 @@ from gateproxy.errors import (
     ClientTimeout,
     UpstreamError,
 )
-from gateproxy.net.clientio import ClientSide
+from gateproxy.logs import event
+from gateproxy.net.clientio import ClientSide, reason
 from gateproxy.net.forward import Exchange
 from gateproxy.net.runtime import ListenerRuntime
 
-_CLOSING_STATUSES = frozenset({400, 408, 413, 431})
+_CLOSING_STATUSES = frozenset({400, 408, 413, 431, 500})
 _STATUS_BODY = {
     400: b"Bad Request\n",
     404: b"Not Found\n",
@@ -185,9 +187,14 @@ class Downstream:
                 event = client.h11.next_event()
                 if event is h11.NEED_DATA and await self._wait_idle() == 0:
                     return None
+            mark = client.consumed()
             event = await client.next_event(
                 max_wait=limits.request_header_timeout, limit="request_header_timeout"
             )
+            if client.consumed() - mark > limits.max_header_bytes:
+                self.listener.counters.limit_enforced("max_header_bytes")
+                await self._send_error(431)
+                return None
         except ClientTimeout as exc:
             self.listener.counters.limit_enforced(exc.limit)
             if client.h11.their_state is h11.IDLE and not client.has_buffered_bytes() and first:
@@ -248,7 +255,21 @@ class Downstream:
             return await self._answer_health(request, check)
         counters.requests_total += 1
         self._release_tickets()
-        status, server = await self._proxy(request)
+        try:
+            status, server = await self._proxy(request)
+        except Exception as exc:  # a bug of ours: answer 500, keep the TLS session, go on serving
+            event(
+                "request_error",
+                listener=listener.name,
+                error=repr(exc),
+                trace=traceback.format_exc(limit=8),
+            )
+            if not self.client.response_started:
+                await self.client.send_simple(500, b"Internal Server Error\n", close=True)
+                status, server = 500, ""
+            else:
+                await self.client.abort()
+                status, server = 0, ""
         if status:
             cls = f"{status // 100}xx"
             counters.responses_by_class[cls] = counters.responses_by_class.get(cls, 0) + 1
@@ -292,6 +313,7 @@ class Downstream:
             await self.client.send(
                 h11.Response(
                     status_code=answer.status,
+                    reason=reason(answer.status),
                     headers=[*answer.headers, *([(b"connection", b"close")] if close else [])],
                 )
             )
@@ -355,6 +377,8 @@ class Downstream:
         # Framing is re-derived (h11 validated the client's); Expect is answered by us.
         headers = [(n, v) for n, v in headers if n not in (b"expect", b"content-length")]
         headers.extend(framing)
+        if host is None:  # HTTP/1.0 without Host: like nginx's default $proxy_host
+            headers.append((b"host", route.upstream.encode()))
         upstream_request = h11.Request(
             method=request.method, target=request.target, headers=headers
         )

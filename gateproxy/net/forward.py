@@ -40,7 +40,12 @@ from gateproxy.errors import (
     UpstreamTimeout,
 )
 from gateproxy.net.clientio import ClientSide
-from gateproxy.net.upstream import UpstreamConnection, UpstreamGroup, failure_reason
+from gateproxy.net.upstream import (
+    MAX_UPSTREAM_HEADER_BYTES,
+    UpstreamConnection,
+    UpstreamGroup,
+    failure_reason,
+)
 
 
 @dataclass(slots=True)
@@ -189,7 +194,13 @@ class Exchange:
         head_wait = math.inf if self.has_body else self.group.config.read_timeout
         with self._head_scope:
             while True:
+                mark = conn.consumed()
                 event = await conn.next_event(max_wait=head_wait)
+                if conn.consumed() - mark > MAX_UPSTREAM_HEADER_BYTES:
+                    raise UpstreamProtocolError(
+                        conn.server,
+                        f"response head larger than {MAX_UPSTREAM_HEADER_BYTES} bytes",
+                    )
                 if isinstance(event, h11.InformationalResponse):
                     continue  # 1xx from upstream: our own 100 Continue was already sent
                 if isinstance(event, h11.Response):

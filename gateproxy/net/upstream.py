@@ -95,6 +95,10 @@ class UpstreamConnection:
         except h11.RemoteProtocolError as exc:
             raise UpstreamProtocolError(self.server, f"invalid response: {exc}") from exc
 
+    def consumed(self) -> int:
+        """Bytes h11 has parsed in this cycle (see ``ClientSide.consumed``)."""
+        return self.bytes_received - len(self.h11.trailing_data[0])
+
     def finish_cycle(self) -> bool:
         """After a complete exchange: ready the connection for reuse; False if it must close."""
         if self.h11.our_state is h11.DONE and self.h11.their_state is h11.DONE:

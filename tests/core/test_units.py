@@ -9,8 +9,17 @@ from gateproxy.core.units import format_duration, parse_duration, parse_size
 
 @pytest.mark.parametrize(
     ("text", "seconds"),
-    [("300ms", 0.3), ("5s", 5.0), ("10m", 600.0), ("1h", 3600.0), ("2d", 172800.0), (30, 30.0),
-     ("1.5s", 1.5), ("7", 7.0), (0, 0.0)],
+    [
+        ("300ms", 0.3),
+        ("5s", 5.0),
+        ("10m", 600.0),
+        ("1h", 3600.0),
+        ("2d", 172800.0),
+        (30, 30.0),
+        ("1.5s", 1.5),
+        ("7", 7.0),
+        (0, 0.0),
+    ],
 )
 def test_durations(text: object, seconds: float) -> None:
     assert parse_duration(text) == pytest.approx(seconds)
@@ -24,8 +33,15 @@ def test_bad_durations_name_the_value(bad: object) -> None:
 
 @pytest.mark.parametrize(
     ("text", "size"),
-    [("16KiB", 16384), ("10MiB", 10 * 1024 * 1024), ("1kb", 1000), (4096, 4096), ("2GiB", 2 << 30),
-     ("512", 512), ("512B", 512)],
+    [
+        ("16KiB", 16384),
+        ("10MiB", 10 * 1024 * 1024),
+        ("1kb", 1000),
+        (4096, 4096),
+        ("2GiB", 2 << 30),
+        ("512", 512),
+        ("512B", 512),
+    ],
 )
 def test_sizes(text: object, size: int) -> None:
     assert parse_size(text) == size

@@ -141,12 +141,56 @@ async def test_plain_http_listener(ca: trustme.CA) -> None:
         )
         async with running_proxy(config) as daemon:
             host, port = daemon.addresses["plain"]
-            data = b""
-            async with await trio.open_tcp_stream(host, port) as stream:
-                await stream.send_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-                with trio.fail_after(5):
-                    while chunk := await stream.receive_some(4096):
-                        data += chunk
-    assert data.startswith(b"HTTP/1.1 200")
+            data = await _raw_exchange(host, port, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            old = await _raw_exchange(host, port, b"GET /old HTTP/1.0\r\n\r\n")
+    assert data.startswith(b"HTTP/1.1 200 ")  # the upstream's reason phrase, passed on
     assert data.endswith(b"plain\n")
     assert up.requests[0].header("x-forwarded-proto") == "http"
+    # HTTP/1.0 without Host: the upstream gets the upstream's name, as nginx's $proxy_host
+    assert old.startswith(b"HTTP/1.1 200 ") and old.endswith(b"plain\n")
+    assert up.requests[1].header("host") == "app"
+
+
+async def _raw_exchange(host: str, port: int, request: bytes) -> bytes:
+    """Send one request, read until the server closes (HTTP/1.0 or Connection: close)."""
+    data = b""
+    async with await trio.open_tcp_stream(host, port) as stream:
+        await stream.send_all(request.replace(b"\r\n\r\n", b"\r\nConnection: close\r\n\r\n"))
+        with trio.fail_after(5):
+            while chunk := await stream.receive_some(4096):
+                data += chunk
+    return data
+
+
+async def test_oversized_heads_get_431_even_when_sent_in_one_write() -> None:
+    async with RecordingUpstream() as up:
+        config = proxy_config(
+            [
+                {
+                    "name": "plain",
+                    "bind": "127.0.0.1:0",
+                    "limits": {"max_header_bytes": "4KiB", "max_headers": 10},
+                    "routes": [{"path_prefix": "/", "upstream": "app"}],
+                }
+            ],
+            {"app": {"servers": [up.address]}},
+        )
+        async with running_proxy(config) as daemon:
+            host, port = daemon.addresses["plain"]
+            big = b"GET / HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 6000 + b"\r\n\r\n"
+            many = (
+                b"GET / HTTP/1.1\r\nHost: x\r\n"
+                + b"".join(b"X-%d: v\r\n" % i for i in range(12))
+                + b"\r\n"
+            )
+            too_big = await _raw_exchange(host, port, big)
+            too_many = await _raw_exchange(host, port, many)
+            fine = await _raw_exchange(host, port, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            stats = daemon.stats()
+    assert too_big.startswith(b"HTTP/1.1 431 ")
+    assert too_many.startswith(b"HTTP/1.1 431 ")
+    assert fine.startswith(b"HTTP/1.1 200 ")
+    assert len(up.requests) == 1  # nothing of the rejected requests reached the upstream
+    limits = stats["listeners"]["plain"]["limits"]  # type: ignore[index]
+    assert limits["max_header_bytes"] == 1
+    assert limits["max_headers"] == 1

@@ -1,4 +1,4 @@
-"""Upstream failures are mapped as an nginx user expects, and broken connections are never reused."""
+"""Upstream failures map as an nginx user expects; broken connections are never reused."""
 
 from __future__ import annotations
 
@@ -76,7 +76,7 @@ async def test_connect_timeout_is_504(ca: trustme.CA, server_cert: CertPaths) ->
         black_hole.listen(0)
         fillers = [_start_connect(black_hole.getsockname()) for _ in range(3)]
         try:
-            target = "127.0.0.1:%d" % black_hole.getsockname()[1]
+            target = f"127.0.0.1:{black_hole.getsockname()[1]}"
             async with running_proxy(_config(server_cert, [target])) as daemon:
                 with trio.fail_after(5):
                     resp = await https_request(address(daemon), ca=ca)
