@@ -56,6 +56,8 @@ async def _demo_main(cert: Path, key: Path, port: int, admin_port: int) -> None:
         )
         daemon = Daemon(config, base_dir=cert.parent, source="<demo>")
         await nursery.start(daemon.serve)
+        port = daemon.addresses["demo"][1]
+        admin_port = daemon.admin_address[1] if daemon.admin_address else admin_port
         print(
             f"\ngateproxy demo is running (Ctrl-C to stop).\n"
             f"  upstream: http://{host}:{up_port}  (built-in demo app)\n"

@@ -30,6 +30,7 @@ from gateproxy.core.config import HealthCheckConfig
 from gateproxy.core.headers import prepare_request_headers
 from gateproxy.core.health import answer_health
 from gateproxy.core.limits import ConnectionBudget, Rejected
+from gateproxy.core.request_rules import reject_reason
 from gateproxy.errors import (
     ClientBodyTooLarge,
     ClientDisconnected,
@@ -410,6 +411,11 @@ class Downstream:
         return outcome.status, outcome.server
 
     def _reject_before_forwarding(self, request: h11.Request) -> int:
+        refused = reject_reason(request)
+        if refused is not None:
+            status, rule = refused
+            self.listener.counters.limit_enforced(rule)
+            return status
         if len(request.headers) > self.limits.max_headers:
             self.listener.counters.limit_enforced("max_headers")
             return 431
