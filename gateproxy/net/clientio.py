@@ -31,7 +31,7 @@ def reason(status: int) -> bytes:
 class ClientSide:
     """h11 server connection bound to one client stream (TLS or plain)."""
 
-    __slots__ = ("aborted", "bytes_received", "bytes_sent", "h11", "stream")
+    __slots__ = ("_out", "aborted", "bytes_received", "bytes_sent", "h11", "stream")
 
     def __init__(self, stream: trio.abc.Stream, *, max_header_bytes: int) -> None:
         self.stream = stream
@@ -39,6 +39,7 @@ class ClientSide:
         self.bytes_sent = 0
         self.bytes_received = 0
         self.aborted = False
+        self._out = bytearray()
 
     def consumed(self) -> int:
         """Bytes h11 has parsed so far. h11 bounds only *incomplete* heads, so the size of a
@@ -46,16 +47,33 @@ class ClientSide:
         return self.bytes_received - len(self.h11.trailing_data[0])
 
     async def send(self, event: h11.Event) -> None:
-        """Send one event to the client; a vanished client raises ClientDisconnected."""
+        """Send one event (and anything queued before it) to the client now."""
+        self.queue(event)
+        await self.flush()
+
+    def queue(self, event: h11.Event) -> None:
+        """Serialise an event without sending it: several events leave in one write (one TLS
+        record, one syscall) at the next ``flush``. Callers flush before they wait for input."""
         data = self.h11.send(event)
-        if not data:
+        if data:
+            self._out += data
+        if isinstance(event, h11.Data):
+            self.bytes_sent += len(event.data)
+
+    @property
+    def queued(self) -> int:
+        return len(self._out)
+
+    async def flush(self) -> None:
+        """Send what is queued; a vanished client raises ClientDisconnected."""
+        if not self._out:
             return
+        data = bytes(self._out)
+        self._out.clear()
         try:
             await self.stream.send_all(data)
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
             raise ClientDisconnected(f"client went away while receiving: {exc}") from exc
-        if isinstance(event, h11.Data):
-            self.bytes_sent += len(event.data)
 
     async def next_event(self, *, max_wait: float, limit: str) -> h11.Event:
         """The next event from the client; more than ``timeout`` between reads -> ClientTimeout."""
@@ -107,11 +125,9 @@ class ClientSide:
         ]
         if close:
             all_headers.append((b"connection", b"close"))
-        await self.send(
-            h11.Response(status_code=status, headers=all_headers, reason=reason(status))
-        )
+        self.queue(h11.Response(status_code=status, headers=all_headers, reason=reason(status)))
         if body:
-            await self.send(h11.Data(data=body))
+            self.queue(h11.Data(data=body))
         await self.send(h11.EndOfMessage())
 
     async def abort(self) -> None:

@@ -311,7 +311,7 @@ class Downstream:
         close = self._close_reason() is not None
         body = b"" if request.method == b"HEAD" else answer.body
         try:
-            await self.client.send(
+            self.client.queue(
                 h11.Response(
                     status_code=answer.status,
                     reason=reason(answer.status),
@@ -319,7 +319,7 @@ class Downstream:
                 )
             )
             if body:
-                await self.client.send(h11.Data(data=body))
+                self.client.queue(h11.Data(data=body))
             await self.client.send(h11.EndOfMessage())
         except ClientError:
             return False
