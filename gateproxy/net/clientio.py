@@ -20,6 +20,11 @@ from gateproxy.errors import ClientDisconnected, ClientTimeout
 RECEIVE_SIZE = 64 * 1024
 
 
+def deadline_after(max_wait: float) -> float:
+    """The trio deadline ``max_wait`` seconds from now (0 or less: no deadline)."""
+    return trio.current_time() + max_wait if max_wait > 0 else math.inf
+
+
 def reason(status: int) -> bytes:
     """The standard reason phrase (h11 sends an empty one unless told)."""
     try:
@@ -85,13 +90,16 @@ class ClientSide:
 
     async def receive(self, *, max_wait: float, limit: str) -> int:
         """Read once from the client into h11; returns the number of bytes read (0 = EOF)."""
+        # A bare CancelScope: trio.fail_after is a generator context manager, and this is the
+        # per-read hot path.
+        scope = trio.CancelScope(deadline=deadline_after(max_wait))
         try:
-            with trio.fail_after(max_wait if max_wait > 0 else math.inf):
+            with scope:
                 data = await self.stream.receive_some(RECEIVE_SIZE)
-        except trio.TooSlowError as exc:
-            raise ClientTimeout(limit) from exc
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
             raise ClientDisconnected(f"client connection lost: {exc}") from exc
+        if scope.cancelled_caught:
+            raise ClientTimeout(limit)
         self.bytes_received += len(data)
         self.h11.receive_data(bytes(data))
         return len(data)

@@ -28,6 +28,7 @@ from gateproxy.errors import (
     UpstreamProtocolError,
     UpstreamTimeout,
 )
+from gateproxy.net.clientio import deadline_after
 
 RECEIVE_SIZE = 64 * 1024
 MAX_UPSTREAM_HEADER_BYTES = 64 * 1024
@@ -60,15 +61,16 @@ class UpstreamConnection:
             raise UpstreamProtocolError(self.server, f"cannot forward request: {exc}") from exc
         if not data:
             return
+        scope = trio.CancelScope(deadline=deadline_after(max_wait))
         try:
-            with trio.fail_after(max_wait):
+            with scope:
                 await self.stream.send_all(data)
-        except trio.TooSlowError as exc:
-            raise UpstreamTimeout(self.server, f"send timed out after {max_wait:g}s") from exc
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
             raise UpstreamConnectError(
                 self.server, f"connection lost while sending: {exc}"
             ) from exc
+        if scope.cancelled_caught:
+            raise UpstreamTimeout(self.server, f"send timed out after {max_wait:g}s")
 
     async def next_event(self, *, max_wait: float) -> h11.Event:
         """The next h11 event from the server; ``max_wait`` bounds each read (nginx semantics)."""
@@ -82,13 +84,14 @@ class UpstreamConnection:
             await self._receive(max_wait=max_wait)
 
     async def _receive(self, *, max_wait: float) -> None:
+        scope = trio.CancelScope(deadline=deadline_after(max_wait))
         try:
-            with trio.fail_after(max_wait):
+            with scope:
                 data = await self.stream.receive_some(RECEIVE_SIZE)
-        except trio.TooSlowError as exc:
-            raise UpstreamTimeout(self.server, f"no data for {max_wait:g}s") from exc
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
             raise UpstreamConnectError(self.server, f"connection reset: {exc}") from exc
+        if scope.cancelled_caught:
+            raise UpstreamTimeout(self.server, f"no data for {max_wait:g}s")
         self.bytes_received += len(data)
         try:
             self.h11.receive_data(data)
