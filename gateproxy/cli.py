@@ -75,7 +75,8 @@ def load_config_file(path: str) -> Config:
 
 
 def certificate_problems(config: Config, *, base_dir: Path) -> list[ConfigProblem]:
-    """Every problem with the certificate and key files the config names."""
+    """Every problem with the certificate, key and ticket key files the config names."""
+    from gateproxy.net.runtime import read_ticket_keys
     from gateproxy.tls.contexts import check_certificates, check_tls_settings
 
     problems: list[ConfigProblem] = []
@@ -84,6 +85,7 @@ def certificate_problems(config: Config, *, base_dir: Path) -> list[ConfigProble
             where = f"listeners[{i}].tls"
             problems += check_tls_settings(listener.tls, path=where)
             problems += check_certificates(listener.tls, base_dir=base_dir, path=where)
+            problems += read_ticket_keys(listener.tls, base_dir=base_dir, now=0.0, path=where)[1]
     return problems
 
 

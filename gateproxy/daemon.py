@@ -7,24 +7,36 @@ Stopping (SIGTERM/SIGINT or :meth:`Daemon.request_stop`) cancels the service nur
 accepts — then marks the runtime as draining (health answers turn 503, responses carry
 ``Connection: close``, idle keep-alive connections are woken and closed) and gives in-flight
 requests ``shutdown_timeout`` before cancelling what is left. A second signal cancels at once.
+
+SIGHUP (or :meth:`Daemon.reload_ticket_keys`) re-reads every listener's ``tickets.key_files`` and
+swaps the keys in; a file that cannot be read or parsed keeps that listener's old keys. Only the
+key files are reloaded for now: the rest of the config needs a restart.
 """
 
 from __future__ import annotations
 
 import math
 import signal
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import trio
 
 from gateproxy.core.config import Config
 from gateproxy.core.metrics import build_stats
+from gateproxy.core.ticket_keys import TicketKey
 from gateproxy.logs import AccessLog, event
 from gateproxy.net.admin import open_admin_listeners, serve_admin
 from gateproxy.net.listener import bound_address, open_listeners, serve_listener
+from gateproxy.net.probes import run_health_checks
 from gateproxy.net.procinfo import process_info
-from gateproxy.net.runtime import ListenerRuntime, Runtime, Shared, build_runtime
+from gateproxy.net.runtime import (
+    ListenerRuntime,
+    Runtime,
+    Shared,
+    build_runtime,
+    read_ticket_keys,
+)
 from gateproxy.tls.selftest import run_self_test
 
 TIMER_PERIOD = 1.0
@@ -106,6 +118,7 @@ class Daemon:
             self.admin_address = bound_address(admin_sockets)
             await services.start(_serve_admin_task, admin_sockets, self.stats)
         services.start_soon(self._timers)
+        services.start_soon(run_health_checks, self.runtime.upstreams)
 
     async def _drain(self, connections: trio.Nursery) -> None:
         self.shared.draining = True
@@ -117,12 +130,55 @@ class Daemon:
             connections.cancel_scope.cancel()
 
     async def _watch_signals(self) -> None:
-        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
             async for signum in signals:
                 event("signal", signal=signal.Signals(signum).name)
+                if signum == signal.SIGHUP:
+                    self.reload_ticket_keys()
+                    continue
                 self.request_stop()
                 if self._stop_count > 1:
                     raise SystemExit(1)
+
+    def reload_ticket_keys(self) -> dict[str, bool]:
+        """Re-read every listener's ticket key files and swap the keys in (what SIGHUP does).
+
+        Returns ``{listener: reloaded}`` for the listeners with key files. A listener whose files
+        cannot be read or parsed keeps its old keys and logs ``reload_failed``. Keys that did not
+        change keep their age.
+        """
+        results: dict[str, bool] = {}
+        if self.config.tls_engine == "stdlib_only":
+            return results  # degraded mode has no ticket-key control: key files are unused
+        for index, listener in enumerate(self.runtime.listeners):
+            tls, engine = listener.config.tls, listener.engine
+            if tls is None or engine is None or not tls.tickets.key_files:
+                continue
+            if engine.keyring is None:
+                continue  # tickets disabled: nothing to swap
+            keys, problems = read_ticket_keys(
+                tls, base_dir=self.base_dir, now=trio.current_time(), path=f"listeners[{index}].tls"
+            )
+            current = engine.keyring.keys()
+            if problems:
+                event(
+                    "reload_failed",
+                    what="ticket_keys",
+                    listener=listener.name,
+                    errors=[p.render(self.source) for p in problems],
+                    kept=[k.name_prefix() for k in current],
+                )
+                results[listener.name] = False
+                continue
+            keys = _keep_unchanged(current, keys)
+            engine.replace_keys(keys)
+            event(
+                "ticket_keys_reloaded",
+                listener=listener.name,
+                keys=[k.name_prefix() for k in keys],
+            )
+            results[listener.name] = True
+        return results
 
     async def _timers(self) -> None:
         next_sweep: dict[str, float] = {}
@@ -152,13 +208,19 @@ class Daemon:
             metrics=self.shared.metrics,
             tls={lr.name: lr.engine.stats(now=now) for lr in self.runtime.listeners if lr.engine},
             upstream_servers={n: g.servers_view() for n, g in self.runtime.upstreams.items()},
-            guard_tables=None,
+            guard_tables=self.runtime.guard.tables() if self.runtime.guard else None,
             process=process_info(started_at_monotonic=self.shared.started_at, now=now),
         )
 
     async def _close_upstreams(self) -> None:
         for group in self.runtime.upstreams.values():
             await group.close_idle()
+
+
+def _keep_unchanged(old: Sequence[TicketKey], new: list[TicketKey]) -> list[TicketKey]:
+    """``new`` with every key already in ``old`` (same name and material) kept as it was."""
+    known = {(k.name, k.aes_key, k.hmac_key): k for k in old}
+    return [known.get((k.name, k.aes_key, k.hmac_key), k) for k in new]
 
 
 async def _serve(

@@ -36,7 +36,16 @@ def reason(status: int) -> bytes:
 class ClientSide:
     """h11 server connection bound to one client stream (TLS or plain)."""
 
-    __slots__ = ("_out", "aborted", "bytes_received", "bytes_sent", "h11", "stream")
+    __slots__ = (
+        "_head",
+        "_out",
+        "aborted",
+        "bytes_received",
+        "bytes_sent",
+        "h11",
+        "request_method",
+        "stream",
+    )
 
     def __init__(self, stream: trio.abc.Stream, *, max_header_bytes: int) -> None:
         self.stream = stream
@@ -45,6 +54,19 @@ class ClientSide:
         self.bytes_received = 0
         self.aborted = False
         self._out = bytearray()
+        self._head: bytearray | None = None
+        self.request_method = b""
+
+    def start_head(self) -> None:
+        """Start recording the raw bytes of the next request head: h11 accepts a few forms
+        (bare LF, obs-fold, repeated Content-Length) that ``raw_head_problem`` refuses."""
+        self._head = bytearray(self.h11.trailing_data[0])
+        self.request_method = b""
+
+    def raw_head(self) -> bytes:
+        """The bytes received since ``start_head`` (the head, maybe followed by body bytes)."""
+        head, self._head = bytes(self._head or b""), None
+        return head
 
     def consumed(self) -> int:
         """Bytes h11 has parsed so far. h11 bounds only *incomplete* heads, so the size of a
@@ -85,6 +107,8 @@ class ClientSide:
         while True:
             event = self.h11.next_event()
             if event is not h11.NEED_DATA:
+                if isinstance(event, h11.Request):
+                    self.request_method = event.method
                 return event  # type: ignore[return-value]  # h11 types NEED_DATA as a sentinel class
             await self.receive(max_wait=max_wait, limit=limit)
 
@@ -101,6 +125,8 @@ class ClientSide:
         if scope.cancelled_caught:
             raise ClientTimeout(limit)
         self.bytes_received += len(data)
+        if self._head is not None and len(self._head) < 2 * RECEIVE_SIZE:
+            self._head += data
         self.h11.receive_data(bytes(data))
         return len(data)
 
@@ -134,7 +160,7 @@ class ClientSide:
         if close:
             all_headers.append((b"connection", b"close"))
         self.queue(h11.Response(status_code=status, headers=all_headers, reason=reason(status)))
-        if body:
+        if body and self.request_method != b"HEAD":
             self.queue(h11.Data(data=body))
         await self.send(h11.EndOfMessage())
 

@@ -28,9 +28,10 @@ import trio
 
 from gateproxy.core.config import HealthCheckConfig
 from gateproxy.core.headers import prepare_request_headers
-from gateproxy.core.health import answer_health
+from gateproxy.core.health import answer_health, health_precheck
 from gateproxy.core.limits import ConnectionBudget, Rejected
-from gateproxy.core.request_rules import reject_reason
+from gateproxy.core.request_rules import chunked_body_problem, raw_head_problem, reject_reason
+from gateproxy.core.session_guard import add_cookie
 from gateproxy.errors import (
     ClientBodyTooLarge,
     ClientDisconnected,
@@ -39,8 +40,9 @@ from gateproxy.errors import (
     UpstreamError,
 )
 from gateproxy.logs import event
-from gateproxy.net.clientio import ClientSide, reason
+from gateproxy.net.clientio import ClientSide, deadline_after, reason
 from gateproxy.net.forward import Exchange
+from gateproxy.net.health_pass import pass_through_answer
 from gateproxy.net.runtime import ListenerRuntime
 
 _CLOSING_STATUSES = frozenset({400, 408, 413, 431, 500})
@@ -102,7 +104,9 @@ async def _handshake(
 ) -> trio.SSLStream[trio.SocketStream] | None:
     assert listener.config.tls is not None and listener.main_context is not None
     context = listener.probe_context if probe and listener.probe_context else listener.main_context
-    tls_stream = trio.SSLStream(stream, context, server_side=True, https_compatible=True)
+    # https_compatible=False: aclose() sends close_notify (without waiting for the peer's), so
+    # a complete response is told apart from a cut one and OpenSSL keeps the TLS 1.2 session.
+    tls_stream = trio.SSLStream(stream, context, server_side=True, https_compatible=False)
     engine = listener.engine
     if engine is not None and not probe:
         engine.register_connection(tls_stream._ssl_object, client=client_ip)
@@ -170,12 +174,13 @@ class Downstream:
             self.client.h11.start_next_cycle()
 
     async def finish(self) -> None:
+        """Close (TLS close_notify first), then drop the engine's record of the connection."""
+        await self.client.close()
         engine = self.listener.engine
         if engine is not None and self.ssl_object is not None and not self.probe:
             if not self.tickets_released and self.health_requests:
                 engine.forget_session(self.ssl_object)
             engine.unregister_connection(self.ssl_object)
-        await self.client.close()
 
     # --- reading a request ----------------------------------------------------------------------
 
@@ -189,9 +194,15 @@ class Downstream:
                 if event is h11.NEED_DATA and await self._wait_idle() == 0:
                     return None
             mark = client.consumed()
-            event = await client.next_event(
-                max_wait=limits.request_header_timeout, limit="request_header_timeout"
-            )
+            client.start_head()
+            # The whole head must arrive within request_header_timeout (from its first byte on
+            # keep-alive connections): a byte every few seconds (slowloris) does not reset it.
+            with trio.CancelScope(
+                deadline=deadline_after(limits.request_header_timeout)
+            ) as head_scope:
+                event = await client.next_event(max_wait=0, limit="request_header_timeout")
+            if head_scope.cancelled_caught:
+                raise ClientTimeout("request_header_timeout")
             if client.consumed() - mark > limits.max_header_bytes:
                 self.listener.counters.limit_enforced("max_header_bytes")
                 await self._send_error(431)
@@ -208,6 +219,11 @@ class Downstream:
             await self._protocol_error(exc)
             return None
         if isinstance(event, h11.Request):
+            problem = raw_head_problem(client.raw_head())
+            if problem is not None:
+                self.listener.counters.limit_enforced(problem[1])
+                await self._send_error(problem[0])
+                return None
             return event
         return None  # ConnectionClosed between requests
 
@@ -227,6 +243,11 @@ class Downstream:
 
     async def _protocol_error(self, exc: h11.RemoteProtocolError) -> None:
         status = exc.error_status_hint
+        problem = raw_head_problem(self.client.raw_head())
+        if problem is not None and status != 431:
+            self.listener.counters.limit_enforced(problem[1])
+            await self._send_error(problem[0])
+            return
         if status == 431 or "too long" in str(exc).lower():
             status = 431
             self.listener.counters.limit_enforced("max_header_bytes")
@@ -299,13 +320,19 @@ class Downstream:
         self.health_requests += 1
         self.listener.counters.health_checks += 1
         group = self.listener.upstreams.get(check.upstream) if check.upstream else None
-        answer = answer_health(
-            check,
-            method=request.method,
-            servers_up=group.servers_up() if group else [],
-            servers_total=len(group.config.servers) if group else 0,
-            draining=self.listener.shared.draining,
-        )
+        draining = self.listener.shared.draining
+        if check.mode == "pass_through" and group is not None:
+            answer = health_precheck(
+                check, method=request.method, draining=draining
+            ) or await pass_through_answer(check, group, now=trio.current_time())
+        else:
+            answer = answer_health(
+                check,
+                method=request.method,
+                servers_up=group.servers_up() if group else [],
+                servers_total=len(group.config.servers) if group else 0,
+                draining=draining,
+            )
         if not await self._drain_request_body():
             return False
         close = self._close_reason() is not None
@@ -367,6 +394,12 @@ class Downstream:
             return 404, ""
         group = self.listener.upstreams[route.upstream]
         framing, has_body = _body_framing(request.headers)
+        if framing and framing[0][0] == b"transfer-encoding":
+            problem = chunked_body_problem(bytes(self.client.h11.trailing_data[0]))
+            if problem is not None:
+                self.listener.counters.limit_enforced(problem[1])
+                await self._send_error(problem[0])
+                return problem[0], ""
         if not has_body and not await self._drain_request_body():
             return 0, ""  # (h11 already holds the EndOfMessage: this returns at once)
         headers = prepare_request_headers(
@@ -380,6 +413,36 @@ class Downstream:
         headers.extend(framing)
         if host is None:  # HTTP/1.0 without Host: like nginx's default $proxy_host
             headers.append((b"host", route.upstream.encode()))
+        hook = None
+        guard = self.listener.guard
+        if guard is not None:
+            user_agent = _header(request.headers, b"user-agent")
+            is_probe = self.probe or self.listener.probes.is_probe_agent(user_agent)
+            pin = guard.request_cookie_for(
+                client=self.client_ip,
+                request_headers=request.headers,
+                is_probe=is_probe,
+                method=request.method,
+                now=trio.current_time(),
+                scope=group.name,
+            )
+            if pin is not None:
+                headers = add_cookie(headers, pin)
+
+            def hook(response_headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+                action = guard.on_response(
+                    request_headers=request.headers,
+                    response_headers=response_headers,
+                    path=request.target,
+                    client=self.client_ip,
+                    is_probe=is_probe,
+                    method=request.method,
+                    now=trio.current_time(),
+                    listener=self.listener.name,
+                    scope=group.name,
+                )
+                return action.apply(response_headers)
+
         upstream_request = h11.Request(
             method=request.method, target=request.target, headers=headers
         )
@@ -391,6 +454,7 @@ class Downstream:
             has_body=has_body,
             limits=self.limits,
             close_client=close,
+            response_headers_hook=hook,
         )
         try:
             outcome = await exchange.run()
@@ -405,7 +469,13 @@ class Downstream:
             self.listener.counters.limit_enforced("max_body_bytes")
             await self._send_error(413)
             return 413, exchange.outcome.server
-        except (ClientError, h11.RemoteProtocolError):
+        except h11.RemoteProtocolError as exc:
+            if self.client.response_started:
+                await self.client.abort()
+                return 0, exchange.outcome.server
+            await self._send_error(exc.error_status_hint)
+            return exc.error_status_hint, exchange.outcome.server
+        except ClientError:
             await self.client.abort()
             return 0, exchange.outcome.server
         return outcome.status, outcome.server
@@ -442,5 +512,5 @@ def _body_framing(
             return [(b"transfer-encoding", b"chunked")], True
     length = _header(headers, b"content-length")
     if length is not None:
-        return [(b"content-length", length)], length != b"0"
+        return [(b"content-length", b"%d" % int(length))], int(length) != 0
     return [], False

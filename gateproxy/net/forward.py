@@ -24,7 +24,7 @@ fresh connection when the request has no body.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import h11
@@ -46,6 +46,8 @@ from gateproxy.net.upstream import (
     UpstreamGroup,
     failure_reason,
 )
+
+Headers = list[tuple[bytes, bytes]]
 
 
 @dataclass(slots=True)
@@ -69,6 +71,7 @@ class Exchange:
         has_body: bool,
         limits: LimitsConfig,
         close_client: bool,
+        response_headers_hook: Callable[[Headers], Headers] | None = None,
     ) -> None:
         self.client = client
         self.group = group
@@ -76,6 +79,7 @@ class Exchange:
         self.has_body = has_body
         self.limits = limits
         self.close_client = close_client
+        self.response_headers_hook = response_headers_hook
         self.outcome = Outcome()
         self._upload_done = not has_body
         self._head_scope = trio.CancelScope()
@@ -130,13 +134,16 @@ class Exchange:
             await conn.send(h11.EndOfMessage(), max_wait=send_timeout)
             await self._relay(conn)
             return
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(self._pump, conn)
-            await self._relay(conn)
-            if not self._upload_done:
-                # The upstream answered before the upload ended: neither side can be reused.
-                self.outcome.keep_client = False
-            nursery.cancel_scope.cancel()
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._pump, conn)
+                await self._relay(conn)
+                if not self._upload_done:
+                    # The upstream answered before the upload ended: neither side is reusable.
+                    self.outcome.keep_client = False
+                nursery.cancel_scope.cancel()
+        except BaseExceptionGroup as group:
+            raise _first_cause(group) from None
 
     async def _pump(self, conn: UpstreamConnection) -> None:
         client, limits = self.client, self.limits
@@ -170,6 +177,8 @@ class Exchange:
         response = await self._response_head(conn)
         read_timeout = self.group.config.read_timeout
         headers = prepare_response_headers(response.headers)
+        if self.response_headers_hook is not None:
+            headers = self.response_headers_hook(headers)
         if _is_chunked(response.headers):
             # Chunked wins over Content-Length (RFC 9112 6.3); never forward both.
             headers = [(n, v) for n, v in headers if n != b"content-length"]
@@ -220,3 +229,18 @@ def _is_chunked(headers: Iterable[tuple[bytes, bytes]]) -> bool:
         if name == b"transfer-encoding" and value.lower().endswith(b"chunked"):
             return True
     return False
+
+
+def _first_cause(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    """The error that ended the pump/relay pair (trio wraps it in an ExceptionGroup); the
+    callers' ``except ClientTimeout`` / ``except UpstreamError`` clauses expect it bare."""
+    leaves: list[BaseException] = []
+    pending: list[BaseException] = [group]
+    while pending:
+        exc = pending.pop(0)
+        if isinstance(exc, BaseExceptionGroup):
+            pending.extend(exc.exceptions)
+        else:
+            leaves.append(exc)
+    real = [e for e in leaves if not isinstance(e, trio.Cancelled)]
+    return real[0] if real else leaves[0]

@@ -15,12 +15,16 @@ from pathlib import Path
 
 import trio
 
-from gateproxy.core.config import Config, LimitsConfig, ListenerConfig
+from gateproxy.core.config import Config, LimitsConfig, ListenerConfig, TLSConfig
 from gateproxy.core.health import HealthMatcher
+from gateproxy.core.key_files import parse_key_files
 from gateproxy.core.limits import Admission
 from gateproxy.core.metrics import ListenerCounters, Metrics
 from gateproxy.core.probes import ProbeClassifier
 from gateproxy.core.routing import Router
+from gateproxy.core.session_guard import SessionGuard
+from gateproxy.core.ticket_keys import KeyRing, TicketKey
+from gateproxy.errors import ConfigError, ConfigProblem, KeyFileError
 from gateproxy.logs import AccessLog
 from gateproxy.net.upstream import UpstreamGroup
 from gateproxy.tls.contexts import build_listener_contexts
@@ -52,6 +56,7 @@ class ListenerRuntime:
     main_context: ssl.SSLContext | None = None
     probe_context: ssl.SSLContext | None = None
     engine: ListenerTLSEngine | None = None
+    guard: SessionGuard | None = None
 
     @property
     def name(self) -> str:
@@ -68,6 +73,7 @@ class Runtime:
     upstreams: dict[str, UpstreamGroup]
     shared: Shared
     access_log: AccessLog
+    guard: SessionGuard | None = None
 
 
 def build_runtime(
@@ -98,7 +104,10 @@ def build_runtime(
         )
         for i, lc in enumerate(config.listeners)
     ]
-    return Runtime(config, listeners, upstreams, shared, access_log)
+    guard = SessionGuard(config.session_guard, counters=shared.metrics.guard)
+    for listener in listeners:
+        listener.guard = guard
+    return Runtime(config, listeners, upstreams, shared, access_log, guard=guard)
 
 
 def _build_listener(
@@ -134,18 +143,62 @@ def _build_listener(
         contexts = build_listener_contexts(
             lc.tls, base_dir=base_dir, source=source, path=f"listeners[{index}].tls"
         )
+        keys, problems = read_ticket_keys(
+            lc.tls, base_dir=base_dir, now=clock(), path=f"listeners[{index}].tls"
+        )
+        if problems:
+            raise ConfigError(source, problems)
         runtime.main_context = contexts.main
         runtime.probe_context = contexts.probe
         runtime.engine = ListenerTLSEngine(
             main=contexts.main,
             probe=contexts.probe,
             tls=lc.tls,
-            keyring=None,
+            keyring=KeyRing.from_keys(keys) if keys else None,
             defer_tickets=bool(lc.health_checks),
             clock=clock,
             degraded=config.tls_engine == "stdlib_only",
         )
     return runtime
+
+
+def read_ticket_keys(
+    tls: TLSConfig, *, base_dir: Path, now: float, path: str
+) -> tuple[list[TicketKey], list[ConfigProblem]]:
+    """Read and parse ``tls.tickets.key_files`` (relative to ``base_dir``); encryption key first.
+
+    Returns ``(keys, problems)``: no keys and no problems when no key files are configured;
+    otherwise either the keys or every problem found, each at
+    ``<path>.tickets.key_files[j]`` (``path`` is the dotted prefix of ``tls``).
+    """
+    names = tls.tickets.key_files
+    problems: list[ConfigProblem] = []
+    files: list[tuple[str, bytes]] = []
+    fmt = tls.tickets.key_format
+    for j, name in enumerate(names):
+        where = f"{path}.tickets.key_files[{j}]"
+        file = Path(name).expanduser()
+        file = file if file.is_absolute() else base_dir / file
+        try:
+            data = file.read_bytes()
+        except OSError as exc:
+            message = f"cannot read ticket key file {file}: {exc.strerror or exc}"
+            problems.append(ConfigProblem(where, message))
+            continue
+        files.append((str(file), data))
+        if fmt == "nginx":  # one key per file: report every bad file, not just the first
+            try:
+                parse_key_files([(str(file), data)], fmt=fmt, now=now)
+            except KeyFileError as exc:
+                problems.append(ConfigProblem(where, str(exc)))
+    if problems or not files:
+        return [], problems
+    try:
+        return parse_key_files(files, fmt=fmt, now=now), []
+    except KeyFileError as exc:
+        paths = [p for p, _ in files]
+        j = paths.index(exc.path) if exc.path in paths else 0
+        return [], [ConfigProblem(f"{path}.tickets.key_files[{j}]", str(exc))]
 
 
 def urandom(n: int) -> bytes:

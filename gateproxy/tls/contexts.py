@@ -325,6 +325,11 @@ def _configure(tls: TLSConfig, info: CertificateInfo, *, probe: bool) -> ssl.SSL
     # and clients know best (e.g. ChaCha20 on CPUs without AES-NI). CPython sets the flag by
     # default, so clear it explicitly.
     ctx.options &= ~ssl.OP_CIPHER_SERVER_PREFERENCE
+    # A client that closes without close_notify (http.client, many load balancers) is an
+    # "unexpected EOF": without this flag OpenSSL 3 treats it as a fatal error, sends an alert
+    # and removes the session from the cache, so TLS 1.2 session-id resumption would only
+    # survive connections the server closed. HTTP/1.1 framing detects truncated requests.
+    ctx.options |= ssl.OP_IGNORE_UNEXPECTED_EOF
     ctx.set_alpn_protocols(_ALPN)
     # ECDH groups: OpenSSL's defaults (X25519, P-256, X448, P-521, P-384).
     tickets = tls.tickets.enabled and not probe

@@ -177,10 +177,21 @@ class ListenerTLSEngine:
             self._ticket_bridge.renewed_on.discard(ptr)
 
     def unregister_connection(self, ssl_object: ssl.SSLObject) -> None:
-        """Call when the connection ends (the ``SSL*`` may then be reused)."""
+        """Call when the connection ends (the ``SSL*`` may then be reused).
+
+        Also queues the connection's close_notify (``SSL_shutdown`` into trio's outgoing memory
+        BIO) if none was sent yet. OpenSSL drops the cache entry of every ``SSL*`` freed without
+        having sent one (``ssl_clear_bad_session``), and trio's ``aclose`` in https-compatible
+        mode sends none: without this, a session left the cache whenever its connection object
+        was freed, and TLS 1.2 session-id resumption failed. A later ``aclose`` of a
+        non-https-compatible stream still sends the queued alert; an aborted stream never does.
+        """
         if self._degraded:
             return
         ptr = L.ssl_pointer_checked(self._lib, ssl_object)
+        lib = self._lib
+        if lib.is_init_finished(ptr) and not lib.get_shutdown(ptr) & L.SSL_SENT_SHUTDOWN:
+            lib.shutdown(ptr)
         self._conns.pop(ptr, None)
         if self._session_bridge is not None:
             self._session_bridge.clients.pop(ptr, None)

@@ -68,6 +68,9 @@ SESS_CACHE_NO_AUTO_CLEAR = 0x80
 SESS_CACHE_NO_INTERNAL = 0x300
 SESS_CACHE_UPDATE_TIME = 0x400
 
+SSL_SENT_SHUTDOWN = 1  # SSL_get_shutdown / SSL_set_shutdown flags
+SSL_RECEIVED_SHUTDOWN = 2
+
 TLS1_2_VERSION = 0x0303
 TLS1_3_VERSION = 0x0304
 MIN_OPENSSL = 0x30000000
@@ -143,6 +146,10 @@ SYMBOLS: dict[str, tuple[str, str, Any, list[Any]]] = {
     "new_session_ticket": ("ssl", "SSL_new_session_ticket", c_int, [_P]),
     "ssl_version": ("ssl", "SSL_version", c_int, [_P]),
     "session_reused": ("ssl", "SSL_session_reused", c_int, [_P]),
+    "get_shutdown": ("ssl", "SSL_get_shutdown", c_int, [_P]),
+    "shutdown": ("ssl", "SSL_shutdown", c_int, [_P]),
+    "is_init_finished": ("ssl", "SSL_is_init_finished", c_int, [_P]),
+    "err_clear": ("crypto", "ERR_clear_error", None, []),
     "session_get_id": ("ssl", "SSL_SESSION_get_id", _P, [_P, POINTER(c_uint)]),
     "i2d_session": ("ssl", "i2d_SSL_SESSION", c_int, [_P, _PP]),
     "d2i_session": ("ssl", "d2i_SSL_SESSION", _P, [_P, _PP, c_long]),
@@ -304,6 +311,19 @@ class LibSSL:
 
     def session_reused(self, ssl_ptr: int) -> bool:
         return bool(self._fn["session_reused"](ssl_ptr))
+
+    def get_shutdown(self, ssl_ptr: int) -> int:
+        return int(self._fn["get_shutdown"](ssl_ptr))
+
+    def shutdown(self, ssl_ptr: int) -> int:
+        """``SSL_shutdown``; clears the error queue when it fails (Python's ssl reads it)."""
+        result = int(self._fn["shutdown"](ssl_ptr))
+        if result < 0:
+            self._fn["err_clear"]()
+        return result
+
+    def is_init_finished(self, ssl_ptr: int) -> bool:
+        return bool(self._fn["is_init_finished"](ssl_ptr))
 
     # --- SSL_SESSION ----------------------------------------------------------------------------
 

@@ -1,0 +1,257 @@
+"""Active upstream health checks: one prober task per server of every upstream with ``health``.
+
+Theory of operation. :func:`run_health_checks` starts :func:`watch_server` for each server of
+each upstream that has a ``health`` block. A watcher checks its server at once, then every
+``interval`` (measured from the start of one check to the start of the next, so a slow server
+does not stretch the period; a check that overruns is followed by the next one at once). Each
+check is an HTTP/1.1 ``GET health.path`` with ``Host: health.host`` (default: the server
+address), a ``User-Agent`` naming gateproxy and no cookies, under its own deadline ``timeout``
+covering connect, send and the whole response. A status in ``expected_statuses`` passes;
+anything else (refused, reset, timeout, invalid response, other status) fails.
+
+The result feeds the pure :class:`gateproxy.core.health.ServerHealth` (rise/fall); on a change
+the verdict goes to ``group.balancer.set_healthy`` and one ``upstream_health`` event line is
+logged. Each prober keeps its own keep-alive connection to its server (separate from the
+forwarding pool, so probes never queue behind traffic and traffic never counts probes): it is
+reused while the server keeps it open; a reused connection that fails before any response byte
+is retried once on a fresh connection within the same deadline (the server merely closed an
+idle connection). A connection error or timeout closes it; an unexpected status does not.
+
+Probers only read the trio clock through ``trio.sleep_until``/``trio.move_on_at``, so tests run
+them under ``MockClock`` with in-memory streams (``connect`` is a parameter).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+
+import h11
+import trio
+
+from gateproxy.core.config import UpstreamHealthConfig, split_hostport
+from gateproxy.core.health import ServerHealth
+from gateproxy.logs import event
+from gateproxy.net.upstream import UpstreamGroup
+
+__all__ = [
+    "CheckResult",
+    "Connector",
+    "HealthProbe",
+    "open_tcp",
+    "run_health_checks",
+    "watch_server",
+]
+
+Connector = Callable[[str], Awaitable[trio.abc.Stream]]
+RECEIVE_SIZE = 16 * 1024
+MAX_PROBE_BODY = 64 * 1024  # a longer health body is not read to the end: the connection closes
+MAX_PROBE_HEAD = 16 * 1024
+USER_AGENT = b"gateproxy-health-check"
+
+
+async def open_tcp(server: str) -> trio.abc.Stream:
+    """The default connector: a TCP connection to ``"host:port"``."""
+    host, port = split_hostport(server)
+    return await trio.open_tcp_stream(host, port)
+
+
+@dataclass(frozen=True, slots=True)
+class CheckResult:
+    """One check: passed or not, the status seen (0 if none) and why it failed."""
+
+    ok: bool
+    status: int = 0
+    reason: str = ""
+
+
+class _ProbeFailed(Exception):
+    def __init__(self, reason: str, *, got_bytes: bool) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.got_bytes = got_bytes
+
+
+class _Connection:
+    __slots__ = ("got_bytes", "h11", "stream")
+
+    def __init__(self, stream: trio.abc.Stream) -> None:
+        self.stream = stream
+        self.h11 = h11.Connection(h11.CLIENT, max_incomplete_event_size=MAX_PROBE_HEAD)
+        self.got_bytes = False
+
+    def fail(self, reason: str) -> _ProbeFailed:
+        return _ProbeFailed(reason, got_bytes=self.got_bytes)
+
+    async def send(self, event: h11.Event) -> None:
+        data = self.h11.send(event)
+        if data:
+            try:
+                await self.stream.send_all(data)
+            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+                raise self.fail(f"send failed: {exc}") from exc
+
+    async def next_event(self) -> h11.Event:
+        while True:
+            try:
+                event = self.h11.next_event()
+            except h11.RemoteProtocolError as exc:
+                raise self.fail(f"invalid response: {exc}") from exc
+            if event is not h11.NEED_DATA:
+                return event  # type: ignore[return-value]  # h11 types NEED_DATA as a sentinel class
+            try:
+                data = await self.stream.receive_some(RECEIVE_SIZE)
+            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+                raise self.fail(f"connection reset: {exc}") from exc
+            self.got_bytes = self.got_bytes or bool(data)
+            try:
+                self.h11.receive_data(bytes(data))
+            except h11.RemoteProtocolError as exc:
+                raise self.fail(f"invalid response: {exc}") from exc
+
+    def reusable(self) -> bool:
+        if self.h11.our_state is h11.DONE and self.h11.their_state is h11.DONE:
+            self.h11.start_next_cycle()
+            self.got_bytes = False
+            return True
+        return False
+
+    async def aclose(self) -> None:
+        with trio.CancelScope(shield=True):
+            await trio.aclose_forcefully(self.stream)
+
+
+class HealthProbe:
+    """Checks one server: ``await check()`` gives a :class:`CheckResult`; then ``aclose()``."""
+
+    def __init__(
+        self, server: str, *, config: UpstreamHealthConfig, connect: Connector = open_tcp
+    ) -> None:
+        self.server = server
+        self.config = config
+        self._connect = connect
+        self._conn: _Connection | None = None
+        self.connections_opened = 0
+        target = config.path.encode()
+        host = (config.host or server).encode()
+        self._request = h11.Request(
+            method=b"GET",
+            target=target,
+            headers=[(b"host", host), (b"user-agent", USER_AGENT), (b"accept", b"*/*")],
+        )
+
+    async def check(self) -> CheckResult:
+        """One check under the ``timeout`` deadline; never raises for a server's failure."""
+        result = CheckResult(False, reason=f"no response within {self.config.timeout:g}s")
+        with trio.move_on_after(self.config.timeout) as scope:
+            result = await self._check_once()
+        if scope.cancelled_caught:
+            await self._drop()  # cut mid-exchange: the connection cannot be reused
+        return result
+
+    async def _check_once(self) -> CheckResult:
+        for attempt in range(2):
+            reused = self._conn is not None
+            try:
+                conn = await self._connection()
+                status = await self._exchange(conn)
+            except _ProbeFailed as exc:
+                await self._drop()
+                if reused and attempt == 0 and not exc.got_bytes:
+                    continue  # the server closed an idle keep-alive connection: try a fresh one
+                return CheckResult(False, reason=exc.reason)
+            ok = status in self.config.expected_statuses
+            return CheckResult(ok, status, "" if ok else f"status {status}")
+        raise AssertionError("unreachable: the second attempt always returns")
+
+    async def _connection(self) -> _Connection:
+        if self._conn is None:
+            try:
+                stream = await self._connect(self.server)
+            except OSError as exc:
+                raise _ProbeFailed(
+                    f"connect failed: {exc.strerror or exc}", got_bytes=False
+                ) from exc
+            self.connections_opened += 1
+            self._conn = _Connection(stream)
+        return self._conn
+
+    async def _exchange(self, conn: _Connection) -> int:
+        await conn.send(self._request)
+        await conn.send(h11.EndOfMessage())
+        while True:
+            event = await conn.next_event()
+            if isinstance(event, h11.InformationalResponse):
+                continue
+            if not isinstance(event, h11.Response):
+                raise conn.fail(f"unexpected {type(event).__name__}")
+            break
+        status = event.status_code
+        received = 0
+        while not isinstance(body := await conn.next_event(), h11.EndOfMessage):
+            if not isinstance(body, h11.Data):
+                raise conn.fail(f"unexpected {type(body).__name__}")
+            received += len(body.data)
+            if received > MAX_PROBE_BODY:
+                await self._drop()  # the status is known; do not read a huge body to reuse
+                return status
+        if not conn.reusable():
+            await self._drop()
+        return status
+
+    async def _drop(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            await conn.aclose()
+
+    async def aclose(self) -> None:
+        await self._drop()
+
+
+async def watch_server(group: UpstreamGroup, server: str, *, connect: Connector = open_tcp) -> None:
+    """Check ``server`` of ``group`` forever; its verdicts go to ``group.balancer``."""
+    config = group.config.health
+    if config is None:
+        raise ValueError(f"upstream {group.name!r} has no health config")
+    health = ServerHealth(rise=config.rise, fall=config.fall)
+    probe = HealthProbe(server, config=config, connect=connect)
+    try:
+        while True:
+            started = trio.current_time()
+            result = await probe.check()
+            if health.record(result.ok):
+                group.balancer.set_healthy(server, healthy=health.healthy)
+                event(
+                    "upstream_health",
+                    upstream=group.name,
+                    server=server,
+                    healthy=health.healthy,
+                    status=result.status,
+                    reason=result.reason,
+                )
+            await trio.sleep_until(started + config.interval)
+    finally:
+        await probe.aclose()
+
+
+async def run_health_checks(
+    groups: Mapping[str, UpstreamGroup],
+    *,
+    connect: Connector = open_tcp,
+    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Probe every server of every upstream with a ``health`` block, until cancelled.
+
+    Returns at once (after ``task_status.started()``) when no upstream has active checks.
+    """
+    async with trio.open_nursery() as nursery:
+        for group in groups.values():
+            if group.config.health is None:
+                continue
+            for server in dict.fromkeys(group.config.servers):
+                nursery.start_soon(_watch, group, server, connect, name=f"health {server}")
+        task_status.started()
+
+
+async def _watch(group: UpstreamGroup, server: str, connect: Connector) -> None:
+    await watch_server(group, server, connect=connect)

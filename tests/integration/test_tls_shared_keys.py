@@ -1,0 +1,194 @@
+"""Two separate gateproxy processes sharing ticket key files resume each other's sessions, on
+TLS 1.2 and 1.3, with nginx- and HAProxy-format files written by ``gateproxy keys new``; SIGHUP
+makes a process re-read its files, and a broken file keeps the old keys.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import trio
+import trustme
+
+from tests.conftest import CertPaths
+from tests.helpers.clients import Response, https_request
+from tests.helpers.tls_sessions import session_of
+from tests.helpers.upstreams import RecordingUpstream
+
+LISTENERS = {"ng": "nginx", "hap": "haproxy"}
+
+
+@dataclass
+class Proxy:
+    """A ``gateproxy run`` child process and its stderr event lines."""
+
+    process: trio.Process
+    ports: dict[str, int]
+    buffer: bytearray = field(default_factory=bytearray)
+
+    def address(self, listener: str) -> str:
+        return f"127.0.0.1:{self.ports[listener]}"
+
+    async def read_event(self, name: str) -> dict[str, Any]:
+        return await _read_event(self.process, name, self.buffer)
+
+
+async def _read_event(process: trio.Process, name: str, buffer: bytearray) -> dict[str, Any]:
+    """Read JSON event lines from the daemon's stderr until the named one."""
+    assert process.stderr is not None
+    with trio.fail_after(20):
+        while True:
+            while b"\n" in buffer:
+                line, _, rest = bytes(buffer).partition(b"\n")
+                buffer[:] = rest
+                if line.startswith(b"{") and json.loads(line).get("event") == name:
+                    return dict(json.loads(line))
+            chunk = await process.stderr.receive_some(4096)
+            if not chunk:
+                raise AssertionError(f"gateproxy exited before '{name}': {bytes(buffer)!r}")
+            buffer += chunk
+
+
+def _write_config(tmp: Path, name: str, cert: CertPaths, upstream: str) -> Path:
+    listeners = [
+        {
+            "name": listener,
+            "bind": "127.0.0.1:0",
+            "tls": {
+                "certificates": [{"cert": str(cert.cert), "key": str(cert.key)}],
+                "session_cache": {"mode": "off"},  # only the shared tickets can resume
+                "tickets": {"key_files": [f"{listener}.key"], "key_format": fmt},
+            },
+            "routes": [{"path_prefix": "/", "upstream": "app"}],
+        }
+        for listener, fmt in LISTENERS.items()
+    ]
+    config = {
+        "listeners": listeners,
+        "upstreams": {"app": {"servers": [upstream]}},
+        "admin": None,
+        "access_log": {"path": "off"},
+        "shutdown_timeout": "2s",
+    }
+    path = tmp / f"{name}.yaml"
+    path.write_text(json.dumps(config))  # JSON is YAML
+    return path
+
+
+@asynccontextmanager
+async def _gateproxy(config: Path) -> AsyncIterator[Proxy]:
+    async with trio.open_nursery() as nursery:
+        process: trio.Process = await nursery.start(
+            partial(
+                trio.run_process,
+                [sys.executable, "-m", "gateproxy", "run", "-c", str(config)],
+                stderr=subprocess.PIPE,
+                check=False,
+            )
+        )
+        buffer = bytearray()
+        started = await _read_event(process, "started", buffer)
+        ports = {name: int(addr[1]) for name, addr in started["listeners"].items()}
+        try:
+            yield Proxy(process, ports, buffer)
+        finally:
+            process.send_signal(signal.SIGTERM)
+            with trio.fail_after(10):
+                await process.wait()
+
+
+async def _keys_new(fmt: str, out: Path) -> None:
+    await trio.run_process(
+        [sys.executable, "-m", "gateproxy", "keys", "new", "--format", fmt, "--out", str(out)],
+        capture_stdout=True,
+    )
+
+
+async def _get(proxy: Proxy, listener: str, ca: trustme.CA, version: str, **kw: Any) -> Response:
+    resp = await https_request(proxy.address(listener), ca=ca, tls_version=version, **kw)
+    assert resp.status == 200
+    return resp
+
+
+async def test_two_processes_sharing_key_files_resume_each_others_sessions(
+    tmp_path: Path, ca: trustme.CA, server_cert: CertPaths
+) -> None:
+    for listener, fmt in LISTENERS.items():
+        await _keys_new(fmt, tmp_path / f"{listener}.key")
+    async with RecordingUpstream() as up:
+        config_a = _write_config(tmp_path, "a", server_cert, up.address)
+        config_b = _write_config(tmp_path, "b", server_cert, up.address)
+        async with _gateproxy(config_a) as a, _gateproxy(config_b) as b:
+            assert a.ports != b.ports
+            outcomes = {}
+            with trio.fail_after(20):
+                for listener in LISTENERS:
+                    for version in ("TLSv1.2", "TLSv1.3"):
+                        first = await _get(a, listener, ca, version)
+                        on_b = await _get(b, listener, ca, version, session=session_of(first))
+                        back_on_a = await _get(a, listener, ca, version, session=session_of(on_b))
+                        outcomes[listener, version] = (
+                            first.session_reused,
+                            on_b.session_reused,
+                            back_on_a.session_reused,
+                        )
+    assert outcomes == {key: (False, True, True) for key in outcomes}
+    assert len(outcomes) == 4
+
+
+async def test_sighup_rereads_the_key_files(
+    tmp_path: Path, ca: trustme.CA, server_cert: CertPaths
+) -> None:
+    for listener, fmt in LISTENERS.items():
+        await _keys_new(fmt, tmp_path / f"{listener}.key")
+    async with RecordingUpstream() as up:
+        config_a = _write_config(tmp_path, "a", server_cert, up.address)
+        config_b = _write_config(tmp_path, "b", server_cert, up.address)
+        async with _gateproxy(config_a) as a, _gateproxy(config_b) as b:
+            with trio.fail_after(20):
+                before = await _get(a, "ng", ca, "TLSv1.3")
+                assert (
+                    await _get(b, "ng", ca, "TLSv1.3", session=session_of(before))
+                ).session_reused
+
+                await _keys_new("nginx", tmp_path / "new.key")
+                (tmp_path / "new.key").rename(tmp_path / "ng.key")
+                b.process.send_signal(signal.SIGHUP)
+                reloaded = await b.read_event("ticket_keys_reloaded")
+                assert reloaded["listener"] == "ng"
+                assert reloaded["keys"] == [(tmp_path / "ng.key").read_bytes()[:4].hex()]
+                await b.read_event("ticket_keys_reloaded")  # "hap": same file, same keys
+
+                # B forgot the old key: A's old ticket gets a full handshake on B ...
+                stale = await _get(b, "ng", ca, "TLSv1.3", session=session_of(before))
+                # ... while A, not reloaded, still resumes it; B's new tickets resume on B.
+                on_a = await _get(a, "ng", ca, "TLSv1.3", session=session_of(before))
+                again = await _get(b, "ng", ca, "TLSv1.3", session=session_of(stale))
+
+                # A broken file on the next SIGHUP: B logs it and keeps the keys it has.
+                (tmp_path / "ng.key").write_bytes(b"short")
+                b.process.send_signal(signal.SIGHUP)
+                failed = await b.read_event("reload_failed")
+                kept = await _get(b, "ng", ca, "TLSv1.3", session=session_of(stale))
+            assert b.process.returncode is None  # SIGHUP did not stop it
+    assert (stale.session_reused, on_a.session_reused, again.session_reused) == (
+        False,
+        True,
+        True,
+    )
+    assert failed["listener"] == "ng"
+    assert failed["errors"][0].startswith(
+        f"{tmp_path / 'b.yaml'}: listeners[0].tls.tickets.key_files[0]"
+    )
+    assert "48 or 80 bytes, got 5" in failed["errors"][0]
+    assert failed["kept"] == reloaded["keys"]
+    assert kept.session_reused
