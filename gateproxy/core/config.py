@@ -76,6 +76,11 @@ def _parse_path(value: object) -> str:
     return value
 
 
+def _yaml_off(value: object) -> object:
+    # YAML 1.1 reads an unquoted `off` as the boolean false: take it as the word it was.
+    return "off" if value is False else value
+
+
 HostPort = Annotated[str, BeforeValidator(_parse_hostport)]
 Cidr = Annotated[str, BeforeValidator(_parse_cidr)]
 Regex = Annotated[str, BeforeValidator(_parse_regex)]
@@ -119,7 +124,7 @@ class CertificateConfig(_Model):
 
 
 class SessionCacheConfig(_Model):
-    mode: Literal["off", "openssl", "lru"] = "lru"
+    mode: Annotated[Literal["off", "openssl", "lru"], BeforeValidator(_yaml_off)] = "lru"
     max_entries: PositiveInt = 20000
     timeout: Duration = 300.0
     sweep_interval: Duration = 10.0
@@ -253,7 +258,7 @@ class AdminConfig(_Model):
 
 
 class AccessLogConfig(_Model):
-    path: str = "-"  # "-" = stdout; "off" = no access log
+    path: Annotated[str, BeforeValidator(_yaml_off)] = "-"  # "-" = stdout; "off" = no log
     format: Literal["json", "combined"] = "json"
     health_sample_rate: Annotated[float, Field(ge=0.0, le=1.0)] = 0.0
 

@@ -218,3 +218,21 @@ def test_negative_counts_rejected(path: str, value: int) -> None:
     problems = _problems(_with(path, value))
     dotted = path.replace(".0.", "[0].")
     assert any(dotted in p for p in problems), problems
+
+
+def test_unquoted_off_is_the_word_off() -> None:
+    text = """
+listeners:
+  - name: public
+    bind: "127.0.0.1:8443"
+    tls:
+      certificates: [{cert: c.pem, key: k.pem}]
+      session_cache: {mode: off}
+    routes: [{upstream: app}]
+upstreams: {app: {servers: ["127.0.0.1:8080"]}}
+access_log: {path: off}
+"""
+    config = load_config_text(text, source="gp.yaml")
+    assert config.listeners[0].tls is not None
+    assert config.listeners[0].tls.session_cache.mode == "off"
+    assert config.access_log.path == "off"
