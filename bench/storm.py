@@ -31,8 +31,10 @@ CERT, KEY = ROOT / "certs" / "localhost.pem", ROOT / "certs" / "localhost-key.pe
 PORT, ADMIN = 18600, 18601
 
 
-def _config(out: Path, *, mode: str, max_entries: int, tickets: bool) -> Path:
-    path = out / f"storm-{mode}.yaml"
+def _config(
+    out: Path, *, mode: str, max_entries: int, tickets: bool, stateless: bool = True
+) -> Path:
+    path = out / f"storm-{mode}{'' if stateless else '-stateful'}.yaml"
     path.write_text(
         f"""
 listeners:
@@ -41,7 +43,8 @@ listeners:
     tls:
       certificates: [{{cert: {CERT}, key: {KEY}}}]
       session_cache: {{mode: {mode}, max_entries: {max_entries}}}
-      tickets: {{enabled: {str(tickets).lower()}}}
+      tickets:
+        {{enabled: {str(tickets).lower()}, stateless: {str(stateless).lower()}, per_handshake: 2}}
     limits: {{max_connections_per_client: 100000}}
     routes: [{{path_prefix: /, upstream: app}}]
 upstreams:
@@ -64,7 +67,7 @@ def _start(config: Path) -> subprocess.Popen[bytes]:
         try:
             _stats()
             return proc
-        except Exception as exc:  # noqa: BLE001 - still starting; report the last error
+        except Exception as exc:
             last = exc
             time.sleep(0.1)
     proc.kill()
@@ -95,7 +98,11 @@ def _client_ctx(version: str) -> ssl.SSLContext:
 
 
 def _handshake(
-    ctx: ssl.SSLContext, source: str, session: ssl.SSLSession | None = None, *, request: bool = False
+    ctx: ssl.SSLContext,
+    source: str,
+    session: ssl.SSLSession | None = None,
+    *,
+    request: bool = False,
 ) -> tuple[bool, ssl.SSLSession | None]:
     raw = socket.socket()
     raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # no delayed-ACK stalls
@@ -130,7 +137,9 @@ def _prober(args: tuple[int, int, int, str, float]) -> int:
     return done
 
 
-def _good_client(version: str, stop: multiprocessing.synchronize.Event, result: multiprocessing.Queue) -> None:  # type: ignore[name-defined]
+def _good_client(
+    version: str, stop: multiprocessing.synchronize.Event, result: multiprocessing.Queue
+) -> None:  # type: ignore[name-defined]
     ctx, session, tries, reused = _client_ctx(version), None, 0, 0
     while not stop.is_set():
         try:
@@ -156,12 +165,20 @@ def _phase(version: str, n: int, sources: int, seconds: float) -> dict[str, obje
     samples: list[tuple[float, int, int]] = []
     started = time.monotonic()
     with multiprocessing.Pool(workers) as pool:
-        pending = pool.map_async(_prober, [(w, n // workers, sources, version, stop_at) for w in range(workers)])
+        pending = pool.map_async(
+            _prober, [(w, n // workers, sources, version, stop_at) for w in range(workers)]
+        )
         while not pending.ready():
             pending.wait(1.0)
             tree = _stats()
             cache = tree["listeners"]["storm"]["tls"]["session_cache"]  # type: ignore[index]
-            samples.append((round(time.monotonic() - started, 1), cache["entries"], tree["process"]["rss_bytes"]))  # type: ignore[index]
+            samples.append(
+                (
+                    round(time.monotonic() - started, 1),
+                    cache["entries"],
+                    tree["process"]["rss_bytes"],
+                )
+            )  # type: ignore[index]
         done = sum(pending.get())
     stop.set()
     tries, reused = result.get(timeout=10)
@@ -182,7 +199,18 @@ def _phase(version: str, n: int, sources: int, seconds: float) -> dict[str, obje
 
 
 def _s_time(extra: list[str], seconds: int) -> float:
-    cmd = ["taskset", "-c", "1", "openssl", "s_time", "-connect", f"127.0.0.1:{PORT}", "-time", str(seconds), *extra]
+    cmd = [
+        "taskset",
+        "-c",
+        "1",
+        "openssl",
+        "s_time",
+        "-connect",
+        f"127.0.0.1:{PORT}",
+        "-time",
+        str(seconds),
+        *extra,
+    ]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 20).stdout
     rate = 0.0
     for line in out.splitlines():  # the last timing section is the one asked for
@@ -200,18 +228,35 @@ def main() -> None:
     p.add_argument("--phase-seconds", type=float, default=400)
     p.add_argument("--rate-seconds", type=int, default=5)
     p.add_argument("--out", type=Path, default=ROOT / "bench" / "out")
+    p.add_argument("--phases", default="1.2,1.3,1.3-stateful,rates")
     args = p.parse_args()
+    phases = args.phases.split(",")
     if os.environ.get("CI") == "true":
         raise SystemExit("benchmarks never run in CI")
     args.out.mkdir(parents=True, exist_ok=True)
-    report: dict[str, object] = {"n": args.n, "max_entries": args.max_entries, "sources": args.sources}
-    proc = _start(_config(args.out, mode="lru", max_entries=args.max_entries, tickets=True))
-    try:
-        report["storm"] = [_phase(v, args.n, args.sources, args.phase_seconds) for v in ("1.2", "1.3")]
-    finally:
-        _stop(proc)
+    report: dict[str, object] = {
+        "n": args.n,
+        "max_entries": args.max_entries,
+        "sources": args.sources,
+    }
+    report["storm"] = []
+    for phase in [p for p in phases if p != "rates"]:
+        # TLS 1.3 stateful tickets (two per handshake, OpenSSL's default): each one a cache entry.
+        config = _config(
+            args.out,
+            mode="lru",
+            max_entries=args.max_entries,
+            tickets=True,
+            stateless=not phase.endswith("-stateful"),
+        )
+        proc = _start(config)
+        try:
+            result = _phase(phase.split("-")[0], args.n, args.sources, args.phase_seconds)
+            report["storm"].append({"phase": phase, **result})  # type: ignore[attr-defined]
+        finally:
+            _stop(proc)
     rates = {}
-    for mode in ("off", "openssl", "lru"):
+    for mode in ("off", "openssl", "lru") if "rates" in phases else ():
         proc = _start(_config(args.out, mode=mode, max_entries=args.max_entries, tickets=False))
         try:
             rates[mode] = {

@@ -133,6 +133,9 @@ class SessionCacheConfig(_Model):
 
 class TicketsConfig(_Model):
     enabled: bool = True
+    # false: TLS 1.3 tickets are session IDs held in the (capped) session cache, OpenSSL's
+    # "stateful tickets" (what HAProxy's no-tls-tickets gives on TLS 1.3); no ticket keys then.
+    stateless: bool = True
     per_handshake: NonNegativeInt = 1
     rotate_every: Duration = 3600.0
     keep: NonNegativeInt = 2

@@ -13,6 +13,7 @@ Limit names used in stats (``listeners.<name>.limits.<limit>``) are the config k
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from dataclasses import dataclass
 
 from gateproxy.core.config import LimitsConfig
@@ -93,3 +94,40 @@ class ConnectionBudget:
         if age and now - self.opened_at >= age:
             return "max_connection_age"
         return None
+
+
+class RejectionLog:
+    """Which rejections to log: the first per (client, reason) in each ``interval``; the others
+    are only counted and reported with the next line, so a flood gives one line per interval.
+
+    The table is bounded (LRU over ``max_keys``): a flood from many addresses cannot grow it.
+    Connection lifecycle limits (idle, request count, age) are not rejections and never logged.
+    """
+
+    QUIET = frozenset({"keepalive_timeout", "max_requests_per_connection", "max_connection_age"})
+
+    def __init__(self, *, interval: float = 10.0, max_keys: int = 10000) -> None:
+        self.interval = interval
+        self.max_keys = max_keys
+        self._seen: OrderedDict[tuple[str, str], list[float]] = OrderedDict()
+
+    def note(self, client: str, reason: str, *, now: float) -> int | None:
+        """None: stay quiet. A number: log a line now, with that many events suppressed since
+        the last line for this client and reason."""
+        if reason in self.QUIET:
+            return None
+        key = (client, reason)
+        entry = self._seen.get(key)
+        if entry is not None and now - entry[0] < self.interval:
+            entry[1] += 1
+            self._seen.move_to_end(key)
+            return None
+        suppressed = int(entry[1]) if entry is not None else 0
+        self._seen[key] = [now, 0]
+        self._seen.move_to_end(key)
+        while len(self._seen) > self.max_keys:
+            self._seen.popitem(last=False)
+        return suppressed
+
+    def __len__(self) -> int:
+        return len(self._seen)

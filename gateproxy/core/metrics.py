@@ -312,6 +312,14 @@ FAMILIES: dict[str, tuple[str, str]] = {
     "session_guard_minted_for_probes_total": ("counter", "The same, for probe requests."),
     "session_guard_stripped_total": ("counter", "App session cookies stripped from responses."),
     "session_guard_pinned_reused_total": ("counter", "Pinned probe sessions reused."),
+    "session_guard_top_path_minted": (
+        "gauge",
+        "Sessions minted per normalised path, for the top_n paths (a bounded table).",
+    ),
+    "session_guard_top_client_minted": (
+        "gauge",
+        "Sessions minted per client address, for the top_n clients (a bounded table).",
+    ),
     "process_resident_memory_bytes": ("gauge", "Resident memory size in bytes."),
     "process_open_fds": ("gauge", "Open file descriptors."),
     "process_uptime_seconds": ("gauge", "Seconds since the process started."),
@@ -447,6 +455,17 @@ def render_prometheus(tree: Mapping[str, object]) -> str:
         _render_upstream(out, name, subtree)
     for counter in vars(GuardCounters()):
         out.add(f"session_guard_{counter}_total", (), _get(tree, "session_guard", counter))
+    _render_guard_tables(out, tree)
     for family, key in _PROCESS_PATHS.items():
         out.add(family, (), _get(tree, "process", key))
     return out.render()
+
+
+def _render_guard_tables(out: _Samples, tree: Mapping[str, object]) -> None:
+    """The session guard's top-N tables; bounded by ``top_n``, so the label sets are too."""
+    for table, label in (("top_paths", "path"), ("top_clients", "client")):
+        rows = _get(tree, "session_guard", table)
+        family = f"session_guard_top_{label}_minted"
+        for row in rows if isinstance(rows, list) else ():
+            if isinstance(row, Mapping):
+                out.add(family, ((label, str(row.get(label, ""))),), row.get("minted"))

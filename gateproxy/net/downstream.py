@@ -1,9 +1,7 @@
-"""One client connection: TLS handshake under a deadline, then the h11 server loop.
+"""The request loop of one client connection (after ``net.connection`` admitted it and ran the
+TLS handshake).
 
-Theory of operation. ``handle_connection`` runs once per accepted socket, after admission. It
-picks the TLS context from the client's address (probers get the stateless ``probe`` context),
-runs the handshake under ``handshake_timeout`` and counts it (full, resumed or failed). Then
-:class:`Downstream` serves requests in a loop:
+Theory of operation. :class:`Downstream` serves requests in a loop:
 
 * waiting for a request: ``keepalive_timeout`` until its first byte (``request_header_timeout``
   for the first request), then ``request_header_timeout`` for the whole head (slowloris);
@@ -29,7 +27,7 @@ import trio
 from gateproxy.core.config import HealthCheckConfig
 from gateproxy.core.headers import prepare_request_headers
 from gateproxy.core.health import answer_health, health_precheck
-from gateproxy.core.limits import ConnectionBudget, Rejected
+from gateproxy.core.limits import ConnectionBudget
 from gateproxy.core.request_rules import chunked_body_problem, raw_head_problem, reject_reason
 from gateproxy.core.session_guard import add_cookie
 from gateproxy.errors import (
@@ -56,85 +54,6 @@ _STATUS_BODY = {
     503: b"Service Unavailable\n",
     504: b"Gateway Timeout\n",
 }
-
-
-async def handle_connection(listener: ListenerRuntime, stream: trio.SocketStream) -> None:
-    """Serve one accepted connection until it closes; never raises for client faults."""
-    client_ip = _peer_ip(stream)
-    probe = listener.probes.is_probe_address(client_ip)
-    limits = listener.limits_for(probe=probe)
-    admitted = listener.admission.admit(client_ip, max_per_client=limits.max_connections_per_client)
-    counters = listener.counters
-    if isinstance(admitted, Rejected):
-        counters.connections_rejected += 1
-        counters.limit_enforced(admitted.reason)
-        await trio.aclose_forcefully(stream)
-        return
-    counters.connections_open += 1
-    counters.connections_total += 1
-    try:
-        await _serve_admitted(listener, stream, client_ip=client_ip, probe=probe)
-    finally:
-        counters.connections_open -= 1
-        listener.admission.release(client_ip)
-
-
-async def _serve_admitted(
-    listener: ListenerRuntime, stream: trio.SocketStream, *, client_ip: str, probe: bool
-) -> None:
-    conn_stream: trio.abc.Stream = stream
-    ssl_object: ssl.SSLObject | None = None
-    if listener.main_context is not None:
-        tls_stream = await _handshake(listener, stream, client_ip=client_ip, probe=probe)
-        if tls_stream is None:
-            return
-        conn_stream = tls_stream
-        ssl_object = tls_stream._ssl_object
-    downstream = Downstream(
-        listener, conn_stream, client_ip=client_ip, probe=probe, ssl_object=ssl_object
-    )
-    try:
-        await downstream.serve()
-    finally:
-        await downstream.finish()
-
-
-async def _handshake(
-    listener: ListenerRuntime, stream: trio.SocketStream, *, client_ip: str, probe: bool
-) -> trio.SSLStream[trio.SocketStream] | None:
-    assert listener.config.tls is not None and listener.main_context is not None
-    context = listener.probe_context if probe and listener.probe_context else listener.main_context
-    # https_compatible=False: aclose() sends close_notify (without waiting for the peer's), so
-    # a complete response is told apart from a cut one and OpenSSL keeps the TLS 1.2 session.
-    tls_stream = trio.SSLStream(stream, context, server_side=True, https_compatible=False)
-    engine = listener.engine
-    if engine is not None and not probe:
-        engine.register_connection(tls_stream._ssl_object, client=client_ip)
-    counters = listener.counters
-    with trio.move_on_after(listener.config.tls.handshake_timeout):
-        try:
-            await tls_stream.do_handshake()
-        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
-            pass
-        else:
-            if tls_stream._ssl_object.session_reused:
-                counters.handshakes_resumed += 1
-            else:
-                counters.handshakes_full += 1
-            return tls_stream
-    counters.handshakes_failed += 1
-    if engine is not None and not probe:
-        engine.unregister_connection(tls_stream._ssl_object)
-    await trio.aclose_forcefully(stream)
-    return None
-
-
-def _peer_ip(stream: trio.SocketStream) -> str:
-    try:
-        peer = stream.socket.getpeername()
-    except OSError:
-        return "unknown"
-    return str(peer[0]) if isinstance(peer, tuple) else str(peer)
 
 
 class Downstream:
@@ -204,11 +123,11 @@ class Downstream:
             if head_scope.cancelled_caught:
                 raise ClientTimeout("request_header_timeout")
             if client.consumed() - mark > limits.max_header_bytes:
-                self.listener.counters.limit_enforced("max_header_bytes")
+                self._enforce("max_header_bytes")
                 await self._send_error(431)
                 return None
         except ClientTimeout as exc:
-            self.listener.counters.limit_enforced(exc.limit)
+            self._enforce(exc.limit)
             if client.h11.their_state is h11.IDLE and not client.has_buffered_bytes() and first:
                 return None  # said nothing at all: close quietly
             await self._send_error(408)
@@ -221,7 +140,7 @@ class Downstream:
         if isinstance(event, h11.Request):
             problem = raw_head_problem(client.raw_head())
             if problem is not None:
-                self.listener.counters.limit_enforced(problem[1])
+                self._enforce(problem[1])
                 await self._send_error(problem[0])
                 return None
             return event
@@ -238,19 +157,19 @@ class Downstream:
             finally:
                 shared.idle_scopes.discard(scope)
         if not shared.draining:
-            self.listener.counters.limit_enforced("keepalive_timeout")
+            self._enforce("keepalive_timeout")
         return 0
 
     async def _protocol_error(self, exc: h11.RemoteProtocolError) -> None:
         status = exc.error_status_hint
         problem = raw_head_problem(self.client.raw_head())
         if problem is not None and status != 431:
-            self.listener.counters.limit_enforced(problem[1])
+            self._enforce(problem[1])
             await self._send_error(problem[0])
             return
         if status == 431 or "too long" in str(exc).lower():
             status = 431
-            self.listener.counters.limit_enforced("max_header_bytes")
+            self._enforce("max_header_bytes")
         await self._send_error(status)
 
     async def _send_error(self, status: int) -> None:
@@ -307,6 +226,9 @@ class Downstream:
         )
         self.client.bytes_sent = 0
         return status != 0 and not self.client.aborted
+
+    def _enforce(self, reason: str) -> None:
+        self.listener.enforced(reason, client=self.client_ip)
 
     def _release_tickets(self) -> None:
         if self.tickets_released:
@@ -377,7 +299,7 @@ class Downstream:
             return "draining"
         reason = self.budget.close_reason(now=trio.current_time())
         if reason is not None:
-            self.listener.counters.limit_enforced(reason)
+            self._enforce(reason)
         return reason
 
     async def _proxy(self, request: h11.Request) -> tuple[int, str]:
@@ -397,7 +319,7 @@ class Downstream:
         if framing and framing[0][0] == b"transfer-encoding":
             problem = chunked_body_problem(bytes(self.client.h11.trailing_data[0]))
             if problem is not None:
-                self.listener.counters.limit_enforced(problem[1])
+                self._enforce(problem[1])
                 await self._send_error(problem[0])
                 return problem[0], ""
         if not has_body and not await self._drain_request_body():
@@ -462,11 +384,11 @@ class Downstream:
             await self._send_error(exc.status)
             return exc.status, getattr(exc, "server", "")
         except ClientTimeout as exc:
-            self.listener.counters.limit_enforced(exc.limit)
+            self._enforce(exc.limit)
             await self._send_error(408)
             return 408, exchange.outcome.server
         except ClientBodyTooLarge:
-            self.listener.counters.limit_enforced("max_body_bytes")
+            self._enforce("max_body_bytes")
             await self._send_error(413)
             return 413, exchange.outcome.server
         except h11.RemoteProtocolError as exc:
@@ -484,14 +406,14 @@ class Downstream:
         refused = reject_reason(request)
         if refused is not None:
             status, rule = refused
-            self.listener.counters.limit_enforced(rule)
+            self._enforce(rule)
             return status
         if len(request.headers) > self.limits.max_headers:
-            self.listener.counters.limit_enforced("max_headers")
+            self._enforce("max_headers")
             return 431
         length = _header(request.headers, b"content-length")
         if length is not None and length.isdigit() and int(length) > self.limits.max_body_bytes:
-            self.listener.counters.limit_enforced("max_body_bytes")
+            self._enforce("max_body_bytes")
             return 413
         return 0
 

@@ -16,7 +16,7 @@ import trio
 
 from gateproxy.core.config import split_hostport
 from gateproxy.logs import event
-from gateproxy.net.downstream import handle_connection
+from gateproxy.net.connection import handle_connection
 from gateproxy.net.runtime import ListenerRuntime
 
 

@@ -18,14 +18,14 @@ import trio
 from gateproxy.core.config import Config, LimitsConfig, ListenerConfig, TLSConfig
 from gateproxy.core.health import HealthMatcher
 from gateproxy.core.key_files import parse_key_files
-from gateproxy.core.limits import Admission
+from gateproxy.core.limits import Admission, RejectionLog
 from gateproxy.core.metrics import ListenerCounters, Metrics
 from gateproxy.core.probes import ProbeClassifier
 from gateproxy.core.routing import Router
 from gateproxy.core.session_guard import SessionGuard
 from gateproxy.core.ticket_keys import KeyRing, TicketKey
 from gateproxy.errors import ConfigError, ConfigProblem, KeyFileError
-from gateproxy.logs import AccessLog
+from gateproxy.logs import AccessLog, event
 from gateproxy.net.upstream import UpstreamGroup
 from gateproxy.tls.contexts import build_listener_contexts
 from gateproxy.tls.engine import ListenerTLSEngine
@@ -57,10 +57,24 @@ class ListenerRuntime:
     probe_context: ssl.SSLContext | None = None
     engine: ListenerTLSEngine | None = None
     guard: SessionGuard | None = None
+    rejections: RejectionLog = field(default_factory=RejectionLog)
 
     @property
     def name(self) -> str:
         return self.config.name
+
+    def enforced(self, reason: str, *, client: str) -> None:
+        """Count an enforced limit; log it, at most once per client and reason per interval."""
+        self.counters.limit_enforced(reason)
+        suppressed = self.rejections.note(client, reason, now=trio.current_time())
+        if suppressed is not None:
+            event(
+                "limit_enforced",
+                listener=self.name,
+                client=client,
+                reason=reason,
+                suppressed_since_last=suppressed,
+            )
 
     def limits_for(self, *, probe: bool) -> LimitsConfig:
         return self.probe_limits if probe else self.config.limits

@@ -72,10 +72,13 @@ class ListenerTLSEngine:
         self._degraded = degraded
         self._mode = tls.session_cache.mode
         self._tickets = tls.tickets.enabled
-        self._defer = defer_tickets and self._tickets and not degraded
+        # Stateful TLS 1.3 tickets: OP_NO_TICKET with num_tickets > 0; each ticket is a cache
+        # entry (one per ticket, per_handshake per full handshake), bounded by the cache cap.
+        self._stateful = self._tickets and not tls.tickets.stateless
+        self._defer = defer_tickets and self._tickets and not self._stateful and not degraded
         self.ticket_stats = TicketStats()
         self._keyring: KeyRing | None = None
-        if self._tickets:
+        if self._tickets and not self._stateful:
             self._keyring = keyring or KeyRing(
                 rotate_every=tls.tickets.rotate_every,
                 keep=tls.tickets.keep,
@@ -103,7 +106,10 @@ class ListenerTLSEngine:
     def _apply_stdlib_settings(self) -> None:
         tickets = self._tls.tickets
         if self._tickets:
-            self._main.options &= ~ssl.OP_NO_TICKET
+            if self._stateful:
+                self._main.options |= ssl.OP_NO_TICKET
+            else:
+                self._main.options &= ~ssl.OP_NO_TICKET
             self._main.num_tickets = 0 if self._defer else tickets.per_handshake
         else:
             self._main.options |= ssl.OP_NO_TICKET
@@ -272,6 +278,7 @@ class ListenerTLSEngine:
         """Cache, ticket and engine state for /stats and /metrics."""
         tickets: dict[str, object] = {
             "enabled": self._tickets,
+            "stateless": self._tickets and not self._stateful,
             "issued": self.ticket_stats.issued,
             "renewed": self.ticket_stats.renewed,
             "rejected": self.ticket_stats.rejected,

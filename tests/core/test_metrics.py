@@ -388,3 +388,24 @@ def test_prometheus_tolerates_missing_and_odd_values() -> None:
     assert "gateproxy_process_resident_memory_bytes NaN" in text
     assert _s("connections_open", listener="x") not in samples
     assert render_prometheus({}) == ""
+
+
+def test_session_guard_top_tables_reach_prometheus() -> None:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    tree = {
+        "session_guard": {
+            "minted": 7,
+            "top_paths": [{"path": "/users/{n}", "minted": 5}, {"path": "/x", "minted": 2}],
+            "top_clients": [{"client": "10.0.0.9", "minted": 7}],
+        }
+    }
+    samples = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(render_prometheus(tree))
+        for s in family.samples
+    }
+    assert samples[("gateproxy_session_guard_top_path_minted", (("path", "/users/{n}"),))] == 5
+    assert samples[("gateproxy_session_guard_top_path_minted", (("path", "/x"),))] == 2
+    assert samples[("gateproxy_session_guard_top_client_minted", (("client", "10.0.0.9"),))] == 7
+    assert samples[("gateproxy_session_guard_minted_total", ())] == 7

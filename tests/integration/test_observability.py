@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 import trio
 import trustme
 from prometheus_client.parser import text_string_to_metric_families
@@ -90,3 +91,38 @@ async def test_stats_and_metrics_over_http(ca: trustme.CA, server_cert: CertPath
     assert samples[("gateproxy_connections_total", (("listener", "public"),))] == 1
     key = ("gateproxy_tls_handshakes_total", (("kind", "full"), ("listener", "public")))
     assert samples[key] == 1
+
+
+async def test_a_burst_of_rejections_gives_one_log_line_per_client(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    async with RecordingUpstream() as up:
+        config = proxy_config(
+            [
+                {
+                    "name": "plain",
+                    "bind": "127.0.0.1:0",
+                    "limits": {"max_body_bytes": 10},
+                    "routes": [{"path_prefix": "/", "upstream": "app"}],
+                }
+            ],
+            {"app": {"servers": [up.address]}},
+        )
+        async with running_proxy(config) as daemon:
+            host, port = daemon.addresses["plain"]
+            for _ in range(5):
+                async with await trio.open_tcp_stream(host, port) as stream:
+                    await stream.send_all(
+                        b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n"
+                    )
+                    with trio.fail_after(5):
+                        assert (await stream.receive_some(4096)).startswith(b"HTTP/1.1 413")
+            stats = daemon.stats()
+    lines = [
+        json.loads(line)
+        for line in capsys.readouterr().err.splitlines()
+        if line.startswith("{") and '"limit_enforced"' in line
+    ]
+    assert stats["listeners"]["plain"]["limits"]["max_body_bytes"] == 5  # type: ignore[index]
+    assert len(lines) == 1
+    assert lines[0]["reason"] == "max_body_bytes" and lines[0]["client"] == "127.0.0.1"

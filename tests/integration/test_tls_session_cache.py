@@ -61,14 +61,48 @@ async def test_cache_never_exceeds_max_entries_under_non_resuming_tls12_clients(
     assert stats["handshakes"]["full"] == CLIENTS and stats["handshakes"]["resumed"] == 0
 
 
+@pytest.mark.parametrize("mode", ["lru", "openssl"])
+async def test_cache_cap_holds_under_stateful_tls13_tickets_and_they_resume(
+    ca: trustme.CA, server_cert: CertPaths, mode: str
+) -> None:
+    """The HAProxy #1103 / Jetty #12284 shape: TLS 1.3 with stateful tickets stores one cache
+    entry per ticket (two per full handshake here), from clients that never come back."""
+    tls = {
+        "min_version": "1.3",
+        "session_cache": {"mode": mode, "max_entries": CAP, "max_per_client": 0},
+        "tickets": {"stateless": False, "per_handshake": 2},
+    }
+    seen: list[int] = []
+    async with (
+        RecordingUpstream() as up,
+        running_proxy(_config(server_cert, up.address, tls=tls)) as daemon,
+    ):
+        with trio.fail_after(25):
+            first = await https_request(address(daemon), ca=ca, tls_version="TLSv1.3")
+            seen.append(tls_stats(daemon)["session_cache"]["entries"])
+            again = await https_request(
+                address(daemon), ca=ca, tls_version="TLSv1.3", session=first.session
+            )
+            for _ in range(CAP):
+                resp = await https_request(address(daemon), ca=ca, tls_version="TLSv1.3")
+                assert resp.status == 200 and not resp.session_reused
+                seen.append(tls_stats(daemon)["session_cache"]["entries"])
+        stats = tls_stats(daemon)
+    assert seen[0] == 2  # two tickets, two entries: the state really is on the server
+    assert again.session_reused
+    assert max(seen) <= CAP, f"cache grew to {max(seen)} (cap {CAP})"
+    assert seen[-1] >= CAP - 2  # it filled up: the cap held it
+    assert stats["tickets"]["stateless"] is False
+    assert stats["tickets"]["issued"] == 0  # no ticket keys in play
+
+
 @pytest.mark.parametrize("tickets", [{"enabled": False}, {"enabled": True}])
 async def test_tls13_clients_leave_no_cache_entries(
     ca: trustme.CA, server_cert: CertPaths, tickets: dict[str, Any]
 ) -> None:
     """TLS 1.3 state is stateless tickets or nothing: the server cache stays empty.
 
-    (The config cannot ask for stateful TLS 1.3 tickets: ``enabled: false`` sets both
-    ``OP_NO_TICKET`` and ``num_tickets = 0``.)
+    (Stateful TLS 1.3 tickets, ``stateless: false``, are the next test.)
     """
     tls = {
         "session_cache": {"mode": "lru", "max_entries": CAP, "max_per_client": 0},

@@ -159,3 +159,47 @@ async def test_garbage_and_plain_http_cost_one_connection_each(
     tls_stats = stats["listeners"]["public"]["tls"]["handshakes"]  # type: ignore[index]
     assert tls_stats["failed"] == 4
     assert tls_stats["full"] == 1
+
+
+def _hello(record_version: bytes, hello_version: bytes) -> bytes:
+    """A minimal ClientHello record (one AES128-SHA suite, no extensions)."""
+    body = hello_version + bytes(32) + b"\x00" + b"\x00\x02\x00\x2f" + b"\x01\x00"
+    handshake = b"\x01" + len(body).to_bytes(3, "big") + body
+    return b"\x16" + record_version + len(handshake).to_bytes(2, "big") + handshake
+
+
+# SSLv2-compatible hello: 2-byte header with the high bit set, then MSG-CLIENT-HELLO.
+SSLV2_HELLO = b"\x80\x2e\x01\x00\x02\x00\x15\x00\x00\x00\x10" + bytes(21) + bytes(16)
+
+
+@pytest.mark.parametrize(
+    "hello",
+    [
+        pytest.param(SSLV2_HELLO, id="sslv2"),
+        pytest.param(_hello(b"\x03\x00", b"\x03\x00"), id="sslv3"),
+        pytest.param(_hello(b"\x03\x01", b"\x03\x01"), id="tls1.0"),
+        pytest.param(_hello(b"\x03\x01", b"\x03\x02"), id="tls1.1"),
+    ],
+)
+async def test_old_protocol_hellos_are_refused(
+    ca: trustme.CA, server_cert: CertPaths, hello: bytes
+) -> None:
+    async with RecordingUpstream() as up:
+        config = proxy_config(
+            [tls_listener(cert=server_cert.cert, key=server_cert.key)],
+            {"app": {"servers": [up.address]}},
+        )
+        async with running_proxy(config) as daemon:
+            host, port = daemon.addresses["public"]
+            answer = b""
+            async with await trio.open_tcp_stream(host, port) as stream:
+                await stream.send_all(hello)
+                with trio.fail_after(5):
+                    while chunk := await stream.receive_some(4096):
+                        answer += chunk
+            good = await https_request(address(daemon), ca=ca)
+            stats = daemon.stats()
+    assert not answer.startswith(b"\x16")  # never a ServerHello: an alert (0x15) or nothing
+    handshakes = stats["listeners"]["public"]["tls"]["handshakes"]  # type: ignore[index]
+    assert handshakes["failed"] == 1 and handshakes["full"] == 1
+    assert good.status == 200 and len(up.requests) == 1

@@ -1,0 +1,97 @@
+"""One accepted connection: admission, TLS handshake under a deadline, then the request loop.
+
+``handle_connection`` runs once per accepted socket. Admission (``max_connections``,
+``max_connections_per_client``) is decided before any TLS work. Probers (``probe_clients``) get
+the stateless ``probe`` context, chosen from the address before the handshake; the handshake runs
+under ``handshake_timeout`` and is counted (full, resumed or failed). The request loop itself is
+``net.downstream.Downstream``.
+"""
+
+from __future__ import annotations
+
+import ssl
+
+import trio
+
+from gateproxy.core.limits import Rejected
+from gateproxy.net.downstream import Downstream
+from gateproxy.net.runtime import ListenerRuntime
+
+
+async def handle_connection(listener: ListenerRuntime, stream: trio.SocketStream) -> None:
+    """Serve one accepted connection until it closes; never raises for client faults."""
+    client_ip = _peer_ip(stream)
+    probe = listener.probes.is_probe_address(client_ip)
+    limits = listener.limits_for(probe=probe)
+    admitted = listener.admission.admit(client_ip, max_per_client=limits.max_connections_per_client)
+    counters = listener.counters
+    if isinstance(admitted, Rejected):
+        counters.connections_rejected += 1
+        listener.enforced(admitted.reason, client=client_ip)
+        await trio.aclose_forcefully(stream)
+        return
+    counters.connections_open += 1
+    counters.connections_total += 1
+    try:
+        await _serve_admitted(listener, stream, client_ip=client_ip, probe=probe)
+    finally:
+        counters.connections_open -= 1
+        listener.admission.release(client_ip)
+
+
+async def _serve_admitted(
+    listener: ListenerRuntime, stream: trio.SocketStream, *, client_ip: str, probe: bool
+) -> None:
+    conn_stream: trio.abc.Stream = stream
+    ssl_object: ssl.SSLObject | None = None
+    if listener.main_context is not None:
+        tls_stream = await _handshake(listener, stream, client_ip=client_ip, probe=probe)
+        if tls_stream is None:
+            return
+        conn_stream = tls_stream
+        ssl_object = tls_stream._ssl_object
+    downstream = Downstream(
+        listener, conn_stream, client_ip=client_ip, probe=probe, ssl_object=ssl_object
+    )
+    try:
+        await downstream.serve()
+    finally:
+        await downstream.finish()
+
+
+async def _handshake(
+    listener: ListenerRuntime, stream: trio.SocketStream, *, client_ip: str, probe: bool
+) -> trio.SSLStream[trio.SocketStream] | None:
+    assert listener.config.tls is not None and listener.main_context is not None
+    context = listener.probe_context if probe and listener.probe_context else listener.main_context
+    # https_compatible=False: aclose() sends close_notify (without waiting for the peer's), so
+    # a complete response is told apart from a cut one and OpenSSL keeps the TLS 1.2 session.
+    tls_stream = trio.SSLStream(stream, context, server_side=True, https_compatible=False)
+    engine = listener.engine
+    if engine is not None and not probe:
+        engine.register_connection(tls_stream._ssl_object, client=client_ip)
+    counters = listener.counters
+    with trio.move_on_after(listener.config.tls.handshake_timeout):
+        try:
+            await tls_stream.do_handshake()
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+            pass
+        else:
+            if tls_stream._ssl_object.session_reused:
+                counters.handshakes_resumed += 1
+            else:
+                counters.handshakes_full += 1
+            return tls_stream
+    counters.handshakes_failed += 1
+    if engine is not None and not probe:
+        engine.unregister_connection(tls_stream._ssl_object)
+    await trio.aclose_forcefully(stream)
+    return None
+
+
+def _peer_ip(stream: trio.SocketStream) -> str:
+    try:
+        peer = stream.socket.getpeername()
+    except OSError:
+        return "unknown"
+    return str(peer[0]) if isinstance(peer, tuple) else str(peer)
