@@ -399,11 +399,3 @@ def _check_listener(
             f"{where}.tls.tickets.key_files",
             "the haproxy format takes exactly one file (base64 lines, penultimate encrypts)",
         )
-
-
-def listener_by_name(config: Config, name: str) -> ListenerConfig:
-    """Return the listener called ``name`` (names are unique after validation)."""
-    for listener in config.listeners:
-        if listener.name == name:
-            return listener
-    raise KeyError(name)

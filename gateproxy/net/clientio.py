@@ -57,11 +57,14 @@ class ClientSide:
         self._head: bytearray | None = None
         self.request_method = b""
 
-    def start_head(self) -> None:
-        """Start recording the raw bytes of the next request head: h11 accepts a few forms
-        (bare LF, obs-fold, repeated Content-Length) that ``raw_head_problem`` refuses."""
-        self._head = bytearray(self.h11.trailing_data[0])
+    def start_head(self) -> int:
+        """Start recording the raw bytes of the next request head (h11 accepts a few forms,
+        bare LF, obs-fold, repeated Content-Length, that ``raw_head_problem`` refuses) and
+        return the ``consumed()`` mark, from the same single copy of h11's buffer."""
+        buffered = self.h11.trailing_data[0]
+        self._head = bytearray(buffered)
         self.request_method = b""
+        return self.bytes_received - len(buffered)
 
     def raw_head(self) -> bytes:
         """The bytes received since ``start_head`` (the head, maybe followed by body bytes)."""

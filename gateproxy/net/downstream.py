@@ -112,8 +112,7 @@ class Downstream:
                 event = client.h11.next_event()
                 if event is h11.NEED_DATA and await self._wait_idle() == 0:
                     return None
-            mark = client.consumed()
-            client.start_head()
+            mark = client.start_head()
             # The whole head must arrive within request_header_timeout (from its first byte on
             # keep-alive connections): a byte every few seconds (slowloris) does not reset it.
             with trio.CancelScope(

@@ -180,8 +180,8 @@ class Exchange:
         if self.response_headers_hook is not None:
             headers = self.response_headers_hook(headers)
         if _is_chunked(response.headers):
-            # Chunked wins over Content-Length (RFC 9112 6.3); never forward both.
-            headers = [(n, v) for n, v in headers if n != b"content-length"]
+            # prepare_response_headers already dropped Content-Length (chunked wins, RFC 9112
+            # 6.3); h11 needs the framing header back to re-chunk the body.
             headers.append((b"transfer-encoding", b"chunked"))
         if self.close_client:
             headers.append((b"connection", b"close"))

@@ -13,8 +13,6 @@ them to 502/504 without knowing about sockets.
 
 from __future__ import annotations
 
-import math
-
 import h11
 import trio
 
@@ -243,5 +241,3 @@ def failure_reason(exc: UpstreamError) -> str:
         return "no_server"
     return "connect"
 
-
-INFINITE = math.inf
