@@ -1,4 +1,4 @@
-"""Counters, the stats tree, and its Prometheus rendering. Sans-IO.
+"""Counters and the stats tree. Sans-IO. (Prometheus text is ``core.prometheus``.)
 
 Theory of operation
 -------------------
@@ -10,8 +10,8 @@ allocation beyond the first use of a name. Everything else happens only when som
   providers (TLS engines, upstream pools, the session guard, ``/proc``) into one plain, JSON-able
   tree whose paths are the contract of ``interfaces.md`` ("Stats").
 * :func:`merge_stats` folds the trees of several workers into one (rules below).
-* :func:`render_prometheus` turns a tree (one worker's or a merged one) into the Prometheus text
-  exposition format 0.0.4 ("Metrics" in ``interfaces.md``).
+* ``core.prometheus.render_prometheus`` turns a tree (one worker's or a merged one) into the
+  Prometheus text exposition format 0.0.4 ("Metrics" in ``interfaces.md``).
 
 Because rendering starts from the tree, ``/stats`` and ``/metrics`` can never disagree.
 
@@ -32,7 +32,6 @@ Merge rules (:func:`merge_stats`)
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, fields, is_dataclass
 
@@ -280,192 +279,3 @@ def merge_stats(trees: Sequence[Mapping[str, object]]) -> dict[str, object]:
 
 
 # --- Prometheus text format 0.0.4 ---------------------------------------------------------------
-
-Labels = tuple[tuple[str, str], ...]
-
-#: Every family gateproxy exports: name (after ``gateproxy_``) -> (type, help), in output order.
-FAMILIES: dict[str, tuple[str, str]] = {
-    "connections_open": ("gauge", "Client connections open now."),
-    "connections_total": ("counter", "Client connections accepted."),
-    "connections_rejected_total": ("counter", "Client connections refused by admission limits."),
-    "requests_total": ("counter", "Requests received."),
-    "responses_total": ("counter", "Responses sent, by status class."),
-    "health_checks_total": ("counter", "Health-check requests answered by gateproxy itself."),
-    "limit_enforced_total": ("counter", "Times a configured limit was enforced, by limit."),
-    "tls_handshakes_total": ("counter", "TLS handshakes, by kind (full, resumed, failed)."),
-    "tls_session_cache_entries": ("gauge", "TLS sessions held in the server session cache."),
-    "tls_session_cache_max_entries": ("gauge", "Capacity of the TLS session cache (hard cap)."),
-    "tls_session_cache_hits_total": ("counter", "Session cache lookups that found a session."),
-    "tls_session_cache_misses_total": ("counter", "Session cache lookups that found nothing."),
-    "tls_session_cache_evictions_total": ("counter", "Sessions evicted to make room."),
-    "tls_session_cache_expired_total": ("counter", "Sessions removed because they expired."),
-    "tls_tickets_issued_total": ("counter", "TLS session tickets issued."),
-    "tls_tickets_renewed_total": ("counter", "Tickets re-issued under the current key."),
-    "tls_tickets_rejected_total": ("counter", "Tickets that could not be decrypted."),
-    "tls_ticket_key_age_seconds": ("gauge", "Age of each session-ticket key, by role."),
-    "upstream_requests_total": ("counter", "Requests forwarded to the upstream."),
-    "upstream_failures_total": ("counter", "Upstream failures, by reason."),
-    "upstream_healthy": ("gauge", "1 when the upstream server is healthy, else 0."),
-    "upstream_active_connections": ("gauge", "Upstream connections in use."),
-    "upstream_idle_connections": ("gauge", "Idle pooled upstream connections."),
-    "session_guard_minted_total": ("counter", "App session cookies set for cookie-less requests."),
-    "session_guard_minted_for_probes_total": ("counter", "The same, for probe requests."),
-    "session_guard_stripped_total": ("counter", "App session cookies stripped from responses."),
-    "session_guard_pinned_reused_total": ("counter", "Pinned probe sessions reused."),
-    "session_guard_top_path_minted": (
-        "gauge",
-        "Sessions minted per normalised path, for the top_n paths (a bounded table).",
-    ),
-    "session_guard_top_client_minted": (
-        "gauge",
-        "Sessions minted per client address, for the top_n clients (a bounded table).",
-    ),
-    "process_resident_memory_bytes": ("gauge", "Resident memory size in bytes."),
-    "process_open_fds": ("gauge", "Open file descriptors."),
-    "process_uptime_seconds": ("gauge", "Seconds since the process started."),
-    "process_workers": ("gauge", "Worker processes included in these figures."),
-}
-PREFIX = "gateproxy_"
-
-
-def _get(tree: object, *path: str) -> object:
-    for key in path:
-        if not isinstance(tree, Mapping):
-            return None
-        tree = tree.get(key)
-    return tree
-
-
-def _items(tree: object, *path: str) -> list[tuple[str, object]]:
-    node = _get(tree, *path)
-    return sorted((str(k), v) for k, v in node.items()) if isinstance(node, Mapping) else []
-
-
-def _escape_label(value: str) -> str:
-    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
-
-
-def _format_value(value: float) -> str:
-    if isinstance(value, int):
-        return str(value)
-    if math.isnan(value):
-        return "NaN"
-    if math.isinf(value):
-        return "+Inf" if value > 0 else "-Inf"
-    return repr(value)
-
-
-class _Samples:
-    """Samples collected per family; values that are not numbers (missing data) are skipped."""
-
-    def __init__(self) -> None:
-        self.by_family: dict[str, list[tuple[Labels, float]]] = {}
-
-    def add(self, family: str, labels: Labels, value: object) -> None:
-        assert family in FAMILIES, family
-        if isinstance(value, int | float):  # bool is an int: healthy -> 1 / 0
-            self.by_family.setdefault(family, []).append(
-                (labels, int(value) if isinstance(value, bool) else value)
-            )
-
-    def render(self) -> str:
-        lines: list[str] = []
-        for family, (kind, help_) in FAMILIES.items():
-            if family not in self.by_family:
-                continue
-            name = PREFIX + family
-            lines += [f"# HELP {name} {help_}", f"# TYPE {name} {kind}"]
-            for labels, value in self.by_family[family]:
-                text = ",".join(f'{k}="{_escape_label(v)}"' for k, v in labels)
-                braced = f"{{{text}}}" if text else ""
-                lines.append(f"{name}{braced} {_format_value(value)}")
-        return "".join(line + "\n" for line in lines)
-
-
-_LISTENER_PATHS = {
-    "connections_open": ("connections", "open"),
-    "connections_total": ("connections", "total"),
-    "connections_rejected_total": ("connections", "rejected"),
-    "requests_total": ("requests", "total"),
-    "health_checks_total": ("requests", "health_checks"),
-}
-
-
-def _key_label(key: object, index: int) -> str:
-    name = _get(key, "name_prefix") or _get(key, "name")
-    return str(name) if name else str(index)
-
-
-def _render_listener(out: _Samples, name: str, tree: object) -> None:
-    ln = (("listener", name),)
-    for family, path in _LISTENER_PATHS.items():
-        out.add(family, ln, _get(tree, *path))
-    for cls, value in _items(tree, "requests", "responses"):
-        out.add("responses_total", (*ln, ("class", cls)), value)
-    for limit, value in _items(tree, "limits"):
-        out.add("limit_enforced_total", (*ln, ("reason", limit)), value)
-    tls = _get(tree, "tls")
-    if tls is None:
-        return
-    for kind in ("full", "resumed", "failed"):
-        out.add("tls_handshakes_total", (*ln, ("kind", kind)), _get(tls, "handshakes", kind))
-    for field_name in SESSION_CACHE_FIELDS:
-        family = f"tls_session_cache_{field_name}"
-        family = family if family in FAMILIES else family + "_total"
-        out.add(family, ln, _get(tls, "session_cache", field_name))
-    for field_name in TICKET_FIELDS:
-        out.add(f"tls_tickets_{field_name}_total", ln, _get(tls, "tickets", field_name))
-    keys = _get(tls, "tickets", "keys")
-    for index, key in enumerate(keys if isinstance(keys, list) else []):
-        labels = (*ln, ("role", str(_get(key, "role"))), ("key", _key_label(key, index)))
-        out.add("tls_ticket_key_age_seconds", labels, _get(key, "age_s"))
-
-
-def _render_upstream(out: _Samples, name: str, tree: object) -> None:
-    up = (("upstream", name),)
-    out.add("upstream_requests_total", up, _get(tree, "requests"))
-    for reason, value in _items(tree, "failures"):
-        out.add("upstream_failures_total", (*up, ("reason", reason)), value)
-    servers = _get(tree, "servers")
-    for server in servers if isinstance(servers, list) else []:
-        labels = (*up, ("server", str(_get(server, "address"))))
-        out.add("upstream_healthy", labels, _get(server, "healthy"))
-        out.add("upstream_active_connections", labels, _get(server, "active"))
-        out.add("upstream_idle_connections", labels, _get(server, "idle"))
-
-
-_PROCESS_PATHS = {
-    "process_resident_memory_bytes": "rss_bytes",
-    "process_open_fds": "open_fds",
-    "process_uptime_seconds": "uptime_s",
-    "process_workers": "workers",
-}
-
-
-def render_prometheus(tree: Mapping[str, object]) -> str:
-    """Render a stats tree as Prometheus text format 0.0.4.
-
-    Families come out in :data:`FAMILIES` order, each with its ``# HELP``/``# TYPE`` once; a
-    family without any sample (say, TLS families when no listener has TLS) is left out.
-    """
-    out = _Samples()
-    for name, subtree in _items(tree, "listeners"):
-        _render_listener(out, name, subtree)
-    for name, subtree in _items(tree, "upstreams"):
-        _render_upstream(out, name, subtree)
-    for counter in vars(GuardCounters()):
-        out.add(f"session_guard_{counter}_total", (), _get(tree, "session_guard", counter))
-    _render_guard_tables(out, tree)
-    for family, key in _PROCESS_PATHS.items():
-        out.add(family, (), _get(tree, "process", key))
-    return out.render()
-
-
-def _render_guard_tables(out: _Samples, tree: Mapping[str, object]) -> None:
-    """The session guard's top-N tables; bounded by ``top_n``, so the label sets are too."""
-    for table, label in (("top_paths", "path"), ("top_clients", "client")):
-        rows = _get(tree, "session_guard", table)
-        family = f"session_guard_top_{label}_minted"
-        for row in rows if isinstance(rows, list) else ():
-            if isinstance(row, Mapping):
-                out.add(family, ((label, str(row.get(label, ""))),), row.get("minted"))

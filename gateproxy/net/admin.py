@@ -27,7 +27,7 @@ import h11
 import trio
 
 from gateproxy.core.config import split_hostport
-from gateproxy.core.metrics import render_prometheus
+from gateproxy.core.prometheus import render_prometheus
 
 log = logging.getLogger(__name__)
 
