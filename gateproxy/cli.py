@@ -49,6 +49,12 @@ def _parser() -> argparse.ArgumentParser:
     check = sub.add_parser("check", help="validate a config without binding any socket")
     check.add_argument("-c", "--config", required=True, help="YAML config file")
     check.set_defaults(func=_cmd_check)
+    reload = sub.add_parser(
+        "reload", help="validate the config, then tell the running gateproxy to reload it"
+    )
+    reload.add_argument("-c", "--config", required=True, help="YAML config file (with pid_file)")
+    reload.add_argument("--pid", type=int, help="signal this pid instead of the pid_file's")
+    reload.set_defaults(func=_cmd_reload)
     demo = sub.add_parser("demo", help="zero-set-up demo on https://127.0.0.1:8443")
     demo.add_argument("--port", type=int, default=8443, help="proxy port (default 8443)")
     demo.add_argument("--admin-port", type=int, default=9901, help="admin port (default 9901)")
@@ -107,19 +113,34 @@ def _cmd_check(args: argparse.Namespace) -> int:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from gateproxy.daemon import Daemon
+    from gateproxy.supervisor import Supervisor, load_and_check
+    from gateproxy.tls.selftest import run_self_test
 
     try:
-        config = load_config_file(args.config)
-        base_dir = Path(args.config).resolve().parent
-        problems = certificate_problems(config, base_dir=base_dir)
-        if problems:
-            raise ConfigError(args.config, problems)
+        config, text = load_and_check(Path(args.config))
     except ConfigError as exc:
         print(exc, file=sys.stderr)
         return 1
-    daemon = Daemon(config, base_dir=base_dir, source=args.config)
-    trio.run(daemon.serve)
+    if config.tls_engine == "full" and any(lc.tls for lc in config.listeners):
+        run_self_test()  # one clear line here rather than one per worker
+    supervisor = Supervisor(config, text, path=Path(args.config))
+    return trio.run(supervisor.run)
+
+
+def _cmd_reload(args: argparse.Namespace) -> int:
+    import signal
+
+    from gateproxy.supervisor import load_and_check, read_pid_file
+
+    try:
+        config, _ = load_and_check(Path(args.config))
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        print("gateproxy: not reloading: the running config stays", file=sys.stderr)
+        return 1
+    pid = args.pid or read_pid_file(config, base_dir=Path(args.config).resolve().parent)
+    os.kill(pid, signal.SIGHUP)
+    print(f"gateproxy: reload signalled to pid {pid} (the outcome is logged there)")
     return 0
 
 

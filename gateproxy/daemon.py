@@ -8,16 +8,25 @@ accepts — then marks the runtime as draining (health answers turn 503, respons
 ``Connection: close``, idle keep-alive connections are woken and closed) and gives in-flight
 requests ``shutdown_timeout`` before cancelling what is left. A second signal cancels at once.
 
-SIGHUP (or :meth:`Daemon.reload_ticket_keys`) re-reads every listener's ``tickets.key_files`` and
-swaps the keys in; a file that cannot be read or parsed keeps that listener's old keys. Only the
-key files are reloaded for now: the rest of the config needs a restart.
+*Retiring* (SIGQUIT or :meth:`Daemon.retire`) is the gentle stop a reload uses on the old
+generation of workers: accepting stops, but health answers stay as they are and established
+connections go on, each closed after its next response (``Connection: close``), idle ones at their
+keep-alive timeout; ``shutdown_timeout`` caps it all. A SIGTERM while retiring makes it a drain.
+
+In a plain ``Daemon`` SIGHUP (or :meth:`Daemon.reload_ticket_keys`) re-reads every listener's
+``tickets.key_files`` and swaps the keys in; a file that cannot be read or parsed keeps that
+listener's old keys. ``gateproxy run`` puts a supervisor in front (``gateproxy.supervisor``): it
+reloads everything by starting a new generation of workers, each a ``Daemon`` with
+``role="worker"`` that accepts on sockets it inherited and uses the ticket keys it was handed.
+SIGUSR1 reopens the access log (log rotation).
 """
 
 from __future__ import annotations
 
 import math
 import signal
-from collections.abc import Callable, Sequence
+import socket
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import trio
@@ -45,10 +54,24 @@ TIMER_PERIOD = 1.0
 class Daemon:
     """One gateproxy process serving a config."""
 
-    def __init__(self, config: Config, *, base_dir: Path, source: str = "<config>") -> None:
+    def __init__(
+        self,
+        config: Config,
+        *,
+        base_dir: Path,
+        source: str = "<config>",
+        role: str = "daemon",
+        inherited: Mapping[str, socket.socket] | None = None,
+        ticket_keys: Mapping[str, Sequence[TicketKey]] | None = None,
+    ) -> None:
+        """``role="worker"``: accept on the ``inherited`` sockets (listener name -> socket), use
+        the handed ``ticket_keys``, and leave the admin listener to the supervisor."""
         self.config = config
         self.base_dir = base_dir
         self.source = source
+        self.role = role
+        self._inherited = dict(inherited or {})
+        self._ticket_keys = ticket_keys
         self.shared = Shared()
         self.access_log = AccessLog(config.access_log)
         if config.tls_engine == "full" and any(lc.tls for lc in config.listeners):
@@ -58,7 +81,10 @@ class Daemon:
         self.admin_address: tuple[str, int] | None = None
         self._refs: dict[str, list[ListenerRuntime]] = {}
         self._stop = trio.Event()
-        self._stop_count = 0
+        self._drain_requested = False
+        self._cut_short = False
+        self._connections: trio.Nursery | None = None
+        self.stopped_accepting = trio.Event()
         self.stopped = trio.Event()
 
     @property
@@ -68,10 +94,24 @@ class Daemon:
             raise RuntimeError("the daemon is not serving yet")
         return self._runtime
 
-    def request_stop(self) -> None:
-        """Begin a graceful drain (the second call cuts it short)."""
-        self._stop_count += 1
+    def request_stop(self, *, at_once: bool = False) -> None:
+        """Begin a graceful drain (again: no-op); ``at_once`` cancels what is left."""
+        self._cut_short = self._cut_short or at_once
+        self._drain_requested = True
         self._stop.set()
+        if self.stopped_accepting.is_set() and self._connections is not None:
+            self._drain(self._connections)  # retiring, or a second signal: act now
+
+    def retire(self) -> None:
+        """Stop accepting; let established connections finish (see the module docstring)."""
+        if not self._stop.is_set():
+            self.shared.retiring = True
+            self._stop.set()
+
+    def reopen_logs(self) -> None:
+        """Reopen the access log file (after logrotate moved it away)."""
+        self.access_log.reopen()
+        event("logs_reopened", path=self.config.access_log.path)
 
     async def serve(
         self,
@@ -87,18 +127,27 @@ class Daemon:
             shared=self.shared,
             access_log=self.access_log,
             source=self.source,
+            ticket_keys=self._ticket_keys,
         )
         try:
-            async with trio.open_nursery() as connections:
-                async with trio.open_nursery() as services:
-                    await self._start_services(services, connections)
-                    if handle_signals:
-                        services.start_soon(self._watch_signals)
-                    event("started", listeners=self.addresses, admin=self.admin_address)
-                    task_status.started(self)
-                    await self._stop.wait()
-                    services.cancel_scope.cancel()
-                await self._drain(connections)
+            async with trio.open_nursery() as outer:
+                if handle_signals:
+                    outer.start_soon(self._watch_signals)
+                async with trio.open_nursery() as connections:
+                    async with trio.open_nursery() as services:
+                        await self._start_services(services, connections)
+                        name = "worker_started" if self.role == "worker" else "started"
+                        event(name, listeners=self.addresses, admin=self.admin_address)
+                        task_status.started(self)
+                        await self._stop.wait()
+                        services.cancel_scope.cancel()
+                    self._connections = connections
+                    self.stopped_accepting.set()
+                    if self.shared.retiring and not self._drain_requested:
+                        self._retire(connections)
+                    else:
+                        self._drain(connections)
+                outer.cancel_scope.cancel()  # the signal watcher
         finally:
             with trio.CancelScope(shield=True):
                 await self._close_upstreams()
@@ -108,37 +157,67 @@ class Daemon:
 
     async def _start_services(self, services: trio.Nursery, connections: trio.Nursery) -> None:
         for listener in self.runtime.listeners:
-            sockets = await open_listeners(listener.config.bind)
+            sockets = await self._listen(listener)
             self.addresses[listener.name] = bound_address(sockets)
             ref = [listener]
             self._refs[listener.name] = ref
             services.start_soon(_serve, ref, sockets, connections)
-        if self.config.admin is not None:
+        if self.config.admin is not None and self.role != "worker":
             admin_sockets = await open_admin_listeners(self.config.admin.bind)
             self.admin_address = bound_address(admin_sockets)
             await services.start(_serve_admin_task, admin_sockets, self.stats)
         services.start_soon(self._timers)
         services.start_soon(run_health_checks, self.runtime.upstreams)
 
-    async def _drain(self, connections: trio.Nursery) -> None:
-        self.shared.draining = True
+    async def _listen(self, listener: ListenerRuntime) -> list[trio.SocketListener]:
+        inherited = self._inherited.get(listener.name)
+        if inherited is None:
+            return await open_listeners(listener.config.bind)
+        inherited.setblocking(False)
+        return [trio.SocketListener(trio.socket.from_stdlib_socket(inherited))]
+
+    def _drain(self, connections: trio.Nursery) -> None:
+        if not self.shared.draining:
+            self.shared.draining = True
+            event("draining", timeout_s=self.config.shutdown_timeout)
+            self._set_deadline(connections)
         for scope in list(self.shared.idle_scopes):
             scope.cancel()
-        event("draining", timeout_s=self.config.shutdown_timeout)
-        connections.cancel_scope.deadline = trio.current_time() + self.config.shutdown_timeout
-        if self._stop_count > 1:
+        if self._cut_short:
             connections.cancel_scope.cancel()
 
+    def _retire(self, connections: trio.Nursery) -> None:
+        event("retiring", timeout_s=self.config.shutdown_timeout)
+        self._set_deadline(connections)
+
+    def _set_deadline(self, connections: trio.Nursery) -> None:
+        deadline = trio.current_time() + self.config.shutdown_timeout
+        connections.cancel_scope.deadline = min(connections.cancel_scope.deadline, deadline)
+
     async def _watch_signals(self) -> None:
-        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
+        watched = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1)
+        with trio.open_signal_receiver(*watched) as signals:
             async for signum in signals:
-                event("signal", signal=signal.Signals(signum).name)
-                if signum == signal.SIGHUP:
-                    self.reload_ticket_keys()
-                    continue
-                self.request_stop()
-                if self._stop_count > 1:
-                    raise SystemExit(1)
+                self._on_signal(signum)
+
+    def _on_signal(self, signum: int) -> None:
+        event("signal", signal=signal.Signals(signum).name)
+        if signum == signal.SIGHUP:
+            self.reload_ticket_keys()
+        elif signum == signal.SIGUSR1:
+            self.reopen_logs()
+        elif signum == signal.SIGQUIT:
+            self.retire()
+        else:  # the second signal cuts the drain short, except in a worker: there only the
+            # supervisor does (under systemd both the signal and the supervisor's stop arrive)
+            self.request_stop(at_once=self._drain_requested and self.role != "worker")
+
+    def install_ticket_keys(self, keys: Mapping[str, Sequence[TicketKey]]) -> None:
+        """Swap in keys handed down by the supervisor (listener name -> keys, encrypting first)."""
+        for listener in self.runtime.listeners:
+            handed, engine = keys.get(listener.name), listener.engine
+            if handed and engine is not None and engine.keyring is not None:
+                engine.replace_keys(_keep_unchanged(engine.keyring.keys(), list(handed)))
 
     def reload_ticket_keys(self) -> dict[str, bool]:
         """Re-read every listener's ticket key files and swap the keys in (what SIGHUP does).

@@ -267,14 +267,19 @@ class AccessLogConfig(_Model):
 
 
 class Config(_Model):
-    workers: Annotated[int, Field(ge=1)] | Literal["auto"] = 1
+    workers: Annotated[int, Field(ge=1, le=256)] | Literal["auto"] = 1
     shutdown_timeout: Duration = 30.0
+    pid_file: str | None = None  # written by the supervisor; `gateproxy reload` signals it
     tls_engine: Literal["full", "stdlib_only"] = "full"
     listeners: Annotated[tuple[ListenerConfig, ...], Field(min_length=1)]
     upstreams: dict[str, UpstreamConfig] = {}
     session_guard: SessionGuardConfig = SessionGuardConfig()
     admin: AdminConfig | None = AdminConfig()
     access_log: AccessLogConfig = AccessLogConfig()
+
+    def worker_count(self, *, cpus: int) -> int:
+        """How many workers to run: ``workers``, or ``cpus`` for ``auto``."""
+        return max(1, cpus) if self.workers == "auto" else self.workers
 
 
 # --- loading ------------------------------------------------------------------------------------

@@ -8,12 +8,16 @@ Two small pieces of state, both pure (the clock is a parameter):
   connection's age, and after each response says whether keep-alive may continue or which limit
   closes the connection.
 
+Two more decide what is worth a log line when limits are enforced: :class:`RejectionLog` (one
+line per client and reason per interval) and :class:`StormDetector` (one ``limit_storm`` line per
+window when a listener enforces limits unusually often, whoever the clients are).
+
 Limit names used in stats (``listeners.<name>.limits.<limit>``) are the config key names.
 """
 
 from __future__ import annotations
 
-from collections import OrderedDict
+from collections import Counter, OrderedDict, deque
 from dataclasses import dataclass
 
 from gateproxy.core.config import LimitsConfig
@@ -96,6 +100,13 @@ class ConnectionBudget:
         return None
 
 
+#: Limits that end a healthy connection's life (idle, request count, age): not rejections, so
+#: neither logged one by one nor counted towards a storm.
+LIFECYCLE_LIMITS = frozenset(
+    {"keepalive_timeout", "max_requests_per_connection", "max_connection_age"}
+)
+
+
 class RejectionLog:
     """Which rejections to log: the first per (client, reason) in each ``interval``; the others
     are only counted and reported with the next line, so a flood gives one line per interval.
@@ -104,7 +115,7 @@ class RejectionLog:
     Connection lifecycle limits (idle, request count, age) are not rejections and never logged.
     """
 
-    QUIET = frozenset({"keepalive_timeout", "max_requests_per_connection", "max_connection_age"})
+    QUIET = LIFECYCLE_LIMITS
 
     def __init__(self, *, interval: float = 10.0, max_keys: int = 10000) -> None:
         self.interval = interval
@@ -131,3 +142,63 @@ class RejectionLog:
 
     def __len__(self) -> int:
         return len(self._seen)
+
+
+@dataclass(frozen=True, slots=True)
+class StormReport:
+    """``count`` enforcements within ``window`` seconds, the first at ``started_at``."""
+
+    count: int
+    window: float
+    started_at: float
+    by_reason: dict[str, int]  # most frequent first
+
+
+class StormDetector:
+    """Spots a *limit storm*: ``threshold`` or more enforcements within any ``window`` seconds.
+
+    A sliding window over the last ``threshold`` enforcements (so a storm straddling a window
+    boundary is still seen): when the oldest of them is less than ``window`` old, :meth:`note`
+    returns one :class:`StormReport`, then stays quiet for ``window`` seconds. A storm that goes
+    on is therefore reported once per window. Memory is ``threshold`` entries whatever the rate.
+    Reasons in ``ignore`` (the connection lifecycle limits by default) are not counted.
+    """
+
+    def __init__(
+        self,
+        *,
+        threshold: int = 100,
+        window: float = 10.0,
+        ignore: frozenset[str] = LIFECYCLE_LIMITS,
+    ) -> None:
+        if threshold < 1:
+            raise ValueError(f"threshold must be >= 1, got {threshold}")
+        if not window > 0:
+            raise ValueError(f"window must be > 0 seconds, got {window}")
+        self.threshold = threshold
+        self.window = window
+        self.ignore = ignore
+        self._recent: deque[tuple[float, str]] = deque(maxlen=threshold)
+        self._quiet_until = float("-inf")
+
+    def note(self, reason: str, *, now: float) -> StormReport | None:
+        """Count one enforcement of ``reason``; a report when this one makes a storm."""
+        if reason in self.ignore:
+            return None
+        self._recent.append((now, reason))
+        if now < self._quiet_until or len(self._recent) < self.threshold:
+            return None
+        started_at = self._recent[0][0]
+        if now - started_at >= self.window:
+            return None
+        self._quiet_until = now + self.window
+        by_reason = Counter(reason for _, reason in self._recent)
+        return StormReport(
+            count=len(self._recent),
+            window=self.window,
+            started_at=started_at,
+            by_reason=dict(by_reason.most_common()),
+        )
+
+    def __len__(self) -> int:
+        return len(self._recent)

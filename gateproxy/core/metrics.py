@@ -28,6 +28,14 @@ Merge rules (:func:`merge_stats`)
 * Booleans elsewhere: any. Other lists (``tickets.keys[]``, session-guard top-N tables) and strings
   come from the first worker that has them: workers share ticket keys when key files are used,
   and per-worker top-N tables cannot be merged exactly.
+
+The merged tree shares nothing with its inputs (every mapping and list is new), so the
+multi-process supervisor can add its own top-level keys to it and keep the workers' trees:
+
+* ``supervisor``: ``{"workers": <configured>, "worker_restarts", "reloads", "reload_failures",
+  "generation"}`` (all integers; rendered by ``core.prometheus``);
+* ``workers``: ``[{"index", "pid", "generation", "stats": <that worker's tree>}, ...]``, the
+  per-worker breakdown shown in ``/stats`` only (Prometheus ignores it).
 """
 
 from __future__ import annotations

@@ -3,6 +3,14 @@
 Rendering starts from the tree ``core.metrics.build_stats`` (or ``merge_stats``) produced, so
 ``/stats`` and ``/metrics`` can never disagree. Names follow ``interfaces.md`` ("Metrics"):
 prefix ``gateproxy_``, snake_case, base units, counters ending in ``_total``.
+
+A multi-process tree (``merge_stats`` of the workers' trees) may carry two more top-level keys,
+added by the supervisor: ``supervisor`` (``workers`` configured, ``worker_restarts``, ``reloads``,
+``reload_failures``, ``generation``), rendered as the ``workers_configured``,
+``worker_restarts_total``, ``reloads_total``, ``reload_failures_total`` and
+``config_generation`` families; and ``workers``, the per-worker breakdown for ``/stats``, which
+is *not* rendered: its figures are already in the merged tree, and rendering them again would
+duplicate every sample under a ``worker`` label no dashboard asked for.
 """
 
 from __future__ import annotations
@@ -55,6 +63,14 @@ FAMILIES: dict[str, tuple[str, str]] = {
     "process_open_fds": ("gauge", "Open file descriptors."),
     "process_uptime_seconds": ("gauge", "Seconds since the process started."),
     "process_workers": ("gauge", "Worker processes included in these figures."),
+    "workers_configured": ("gauge", "Worker processes the supervisor is configured to run."),
+    "worker_restarts_total": ("counter", "Worker processes restarted after an unexpected exit."),
+    "reloads_total": ("counter", "Configuration reloads (SIGHUP) applied."),
+    "reload_failures_total": (
+        "counter",
+        "Configuration reloads refused (the previous configuration kept running).",
+    ),
+    "config_generation": ("gauge", "Generation of the configuration in use (1 at start)."),
 }
 PREFIX = "gateproxy_"
 
@@ -171,6 +187,13 @@ _PROCESS_PATHS = {
     "process_uptime_seconds": "uptime_s",
     "process_workers": "workers",
 }
+_SUPERVISOR_PATHS = {
+    "workers_configured": "workers",
+    "worker_restarts_total": "worker_restarts",
+    "reloads_total": "reloads",
+    "reload_failures_total": "reload_failures",
+    "config_generation": "generation",
+}
 
 
 def render_prometheus(tree: Mapping[str, object]) -> str:
@@ -189,6 +212,8 @@ def render_prometheus(tree: Mapping[str, object]) -> str:
     _render_guard_tables(out, tree)
     for family, key in _PROCESS_PATHS.items():
         out.add(family, (), _get(tree, "process", key))
+    for family, key in _SUPERVISOR_PATHS.items():  # the per-worker "workers" list is skipped
+        out.add(family, (), _get(tree, "supervisor", key))
     return out.render()
 
 

@@ -34,6 +34,8 @@ __all__ = [
     "KeyRing",
     "TicketKey",
     "TicketStats",
+    "keys_from_wire",
+    "keys_to_wire",
     "new_ticket_key",
 ]
 
@@ -86,6 +88,39 @@ def new_ticket_key(*, random_bytes: Callable[[int], bytes], now: float) -> Ticke
         hmac_key=random_bytes(32),
         created=now,
     )
+
+
+def keys_to_wire(keys: Sequence[TicketKey], *, now: float) -> list[dict[str, object]]:
+    """Keys as JSON-able dicts (hex bytes, age instead of a clock reading) for a worker.
+
+    The supervisor hands its keys to its workers this way over a private socketpair; an age
+    travels between processes where a monotonic timestamp would not.
+    """
+    return [
+        {
+            "name": key.name.hex(),
+            "aes": key.aes_key.hex(),
+            "hmac": key.hmac_key.hex(),
+            "age_s": max(0.0, now - key.created),
+        }
+        for key in keys
+    ]
+
+
+def keys_from_wire(items: Sequence[Mapping[str, object]], *, now: float) -> list[TicketKey]:
+    """The inverse of :func:`keys_to_wire`; ``created`` is ``now - age_s`` on this clock."""
+    keys = []
+    for item in items:
+        age = item.get("age_s", 0.0)
+        keys.append(
+            TicketKey(
+                name=bytes.fromhex(str(item["name"])),
+                aes_key=bytes.fromhex(str(item["aes"])),
+                hmac_key=bytes.fromhex(str(item["hmac"])),
+                created=now - (float(age) if isinstance(age, int | float) else 0.0),
+            )
+        )
+    return keys
 
 
 @dataclass(frozen=True)

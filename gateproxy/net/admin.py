@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from functools import partial
 from http import HTTPStatus
@@ -37,6 +37,7 @@ MAX_HEADER_BYTES = 16 * 1024
 RECEIVE_SIZE = 64 * 1024
 
 StatsProvider = Callable[[], dict[str, object]]
+Refresh = Callable[[], Awaitable[None]] | None
 
 JSON_TYPE = "application/json"
 PROMETHEUS_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -136,7 +137,9 @@ async def _next_request(stream: trio.abc.Stream, conn: h11.Connection) -> h11.Re
         conn.receive_data(bytes(data))
 
 
-async def _serve_connection(stream: trio.abc.Stream, stats: StatsProvider) -> None:
+async def _serve_connection(
+    stream: trio.abc.Stream, stats: StatsProvider, refresh: Refresh = None
+) -> None:
     conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEADER_BYTES)
     while True:
         try:
@@ -150,6 +153,8 @@ async def _serve_connection(stream: trio.abc.Stream, stats: StatsProvider) -> No
                 reply = _text(exc.error_status_hint, f"bad request: {exc}")
                 await _send_reply(stream, conn, reply, close=True)
             return
+        if refresh is not None:
+            await refresh()
         reply = route(request.method, request.target, stats)
         head = request.method == b"HEAD"
         await _send_reply(stream, conn, reply, close=not complete, head=head)
@@ -158,14 +163,16 @@ async def _serve_connection(stream: trio.abc.Stream, stats: StatsProvider) -> No
         conn.start_next_cycle()
 
 
-async def handle_admin_connection(stream: trio.abc.Stream, *, stats: StatsProvider) -> None:
+async def handle_admin_connection(
+    stream: trio.abc.Stream, *, stats: StatsProvider, refresh: Refresh = None
+) -> None:
     """Serve one admin connection until it ends, then close it.
 
     Contains every error (logged, never raised) so the listener and other clients go on.
     """
     async with stream:
         try:
-            await _serve_connection(stream, stats)
+            await _serve_connection(stream, stats, refresh)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             pass
         except Exception:
@@ -176,16 +183,20 @@ async def serve_admin(
     listeners: list[trio.SocketListener],
     *,
     stats: StatsProvider,
+    refresh: Refresh = None,
     task_status: trio.TaskStatus[list[trio.SocketListener]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve ``/stats`` and ``/metrics`` on ``listeners`` forever (never returns).
 
     ``stats`` returns the stats tree (``gateproxy.core.metrics.build_stats`` or ``merge_stats``);
     it is called once per ``/stats`` or ``/metrics`` request. ``task_status.started(listeners)``
-    is called once the accept loops run.
+    is called once the accept loops run. ``refresh`` (the supervisor's: it asks every worker)
+    is awaited before each request, so ``stats`` can return what it gathered.
     """
     await trio.serve_listeners(
-        partial(handle_admin_connection, stats=stats), listeners, task_status=task_status
+        partial(handle_admin_connection, stats=stats, refresh=refresh),
+        listeners,
+        task_status=task_status,
     )
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import ssl
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,7 +18,7 @@ import trio
 from gateproxy.core.config import Config, LimitsConfig, ListenerConfig, TLSConfig
 from gateproxy.core.health import HealthMatcher
 from gateproxy.core.key_files import parse_key_files
-from gateproxy.core.limits import Admission, RejectionLog
+from gateproxy.core.limits import Admission, RejectionLog, StormDetector
 from gateproxy.core.metrics import ListenerCounters, Metrics
 from gateproxy.core.probes import ProbeClassifier
 from gateproxy.core.routing import Router
@@ -33,10 +33,16 @@ from gateproxy.tls.engine import ListenerTLSEngine
 
 @dataclass
 class Shared:
-    """State that outlives a config generation: counters and the drain flag."""
+    """State that outlives a config generation: counters and the drain flags.
+
+    ``draining``: the process is stopping (health answers 503, idle connections closed).
+    ``retiring``: a reload replaced this worker; it serves the connections it has, each closed
+    after its next response (``Connection: close``), while health answers stay as they are.
+    """
 
     metrics: Metrics = field(default_factory=Metrics)
     draining: bool = False
+    retiring: bool = False
     idle_scopes: set[trio.CancelScope] = field(default_factory=set)
     started_at: float = 0.0
 
@@ -58,15 +64,18 @@ class ListenerRuntime:
     engine: ListenerTLSEngine | None = None
     guard: SessionGuard | None = None
     rejections: RejectionLog = field(default_factory=RejectionLog)
+    storms: StormDetector = field(default_factory=StormDetector)
 
     @property
     def name(self) -> str:
         return self.config.name
 
     def enforced(self, reason: str, *, client: str) -> None:
-        """Count an enforced limit; log it, at most once per client and reason per interval."""
+        """Count an enforced limit; log it, at most once per client and reason per interval,
+        and log a ``limit_storm`` once per window when the listener enforces limits in bulk."""
         self.counters.limit_enforced(reason)
-        suppressed = self.rejections.note(client, reason, now=trio.current_time())
+        now = trio.current_time()
+        suppressed = self.rejections.note(client, reason, now=now)
         if suppressed is not None:
             event(
                 "limit_enforced",
@@ -74,6 +83,15 @@ class ListenerRuntime:
                 client=client,
                 reason=reason,
                 suppressed_since_last=suppressed,
+            )
+        storm = self.storms.note(reason, now=now)
+        if storm is not None:
+            event(
+                "limit_storm",
+                listener=self.name,
+                count=storm.count,
+                window_s=storm.window,
+                by_reason=storm.by_reason,
             )
 
     def limits_for(self, *, probe: bool) -> LimitsConfig:
@@ -98,8 +116,13 @@ def build_runtime(
     access_log: AccessLog,
     clock: Callable[[], float] = trio.current_time,
     source: str = "<config>",
+    ticket_keys: Mapping[str, Sequence[TicketKey]] | None = None,
 ) -> Runtime:
-    """Build every listener's contexts and engine and every upstream group (no sockets yet)."""
+    """Build every listener's contexts and engine and every upstream group (no sockets yet).
+
+    ``ticket_keys`` (listener name -> keys, encryption key first) are keys handed down by a
+    supervisor: a listener found there uses them as a fixed ring instead of rotating its own.
+    """
     upstreams = {
         name: UpstreamGroup(name, cfg, counters=shared.metrics.upstream(name))
         for name, cfg in config.upstreams.items()
@@ -115,6 +138,7 @@ def build_runtime(
             access_log=access_log,
             clock=clock,
             source=source,
+            handed_keys=(ticket_keys or {}).get(lc.name),
         )
         for i, lc in enumerate(config.listeners)
     ]
@@ -135,6 +159,7 @@ def _build_listener(
     access_log: AccessLog,
     clock: Callable[[], float],
     source: str,
+    handed_keys: Sequence[TicketKey] | None,
 ) -> ListenerRuntime:
     runtime = ListenerRuntime(
         config=lc,
@@ -162,6 +187,8 @@ def _build_listener(
         )
         if problems:
             raise ConfigError(source, problems)
+        if not keys and handed_keys:
+            keys = list(handed_keys)
         runtime.main_context = contexts.main
         runtime.probe_context = contexts.probe
         runtime.engine = ListenerTLSEngine(

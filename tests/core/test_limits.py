@@ -2,11 +2,20 @@
 
 from __future__ import annotations
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from gateproxy.core.config import LimitsConfig
-from gateproxy.core.limits import Admission, ConnectionBudget, Rejected, RejectionLog
+from gateproxy.core.limits import (
+    LIFECYCLE_LIMITS,
+    Admission,
+    ConnectionBudget,
+    Rejected,
+    RejectionLog,
+    StormDetector,
+    StormReport,
+)
 
 
 def test_admission_caps_overall_and_per_client() -> None:
@@ -55,3 +64,93 @@ def test_rejection_log_table_is_bounded(events: list[tuple[int, str]]) -> None:
     for i, (client, reason) in enumerate(events):
         log.note(str(client), reason, now=float(i))
         assert len(log) <= 50
+
+
+def test_storm_is_reported_once_when_the_threshold_is_crossed() -> None:
+    storms = StormDetector(threshold=5, window=10)
+    reasons = ["max_headers", "max_body_bytes", "max_headers", "max_connections", "max_headers"]
+    results = [storms.note(r, now=1.0 + i) for i, r in enumerate(reasons)]
+    assert results[:4] == [None] * 4
+    assert results[4] == StormReport(
+        count=5,
+        window=10,
+        started_at=1.0,
+        by_reason={"max_headers": 3, "max_body_bytes": 1, "max_connections": 1},
+    )
+    assert list(results[4].by_reason) == ["max_headers", "max_body_bytes", "max_connections"]
+    # quiet for the rest of the window, however many more come
+    assert [storms.note("max_headers", now=5.0 + i / 100) for i in range(500)] == [None] * 500
+    assert storms.note("max_headers", now=14.99) is None
+
+
+def test_a_storm_that_goes_on_is_reported_once_per_window() -> None:
+    storms = StormDetector(threshold=10, window=10)
+    reports = [
+        (t / 10, report)
+        for t in range(600)  # 10 enforcements a second for 60 s
+        if (report := storms.note("max_connections_per_client", now=t / 10)) is not None
+    ]
+    assert [when for when, _ in reports] == [0.9, 10.9, 20.9, 30.9, 40.9, 50.9]
+    assert all(
+        r.count == 10 and r.by_reason == {"max_connections_per_client": 10} for _, r in reports
+    )
+
+
+def test_below_the_threshold_rate_is_never_a_storm() -> None:
+    storms = StormDetector(threshold=10, window=10)
+    # 8 per window, evenly spread, for a long time; then exactly 10 within 10 s is not enough
+    assert all(storms.note("max_headers", now=i * 1.25) is None for i in range(1000))
+    assert all(storms.note("max_headers", now=2000.0 + i * 10 / 9) is None for i in range(10))
+
+
+def test_a_storm_straddling_a_window_boundary_is_seen() -> None:
+    storms = StormDetector(threshold=10, window=10)
+    for i in range(6):  # late in one 10-second stretch...
+        assert storms.note("max_headers", now=8.0 + i * 0.1) is None
+    for i in range(3):  # ...and early in the next
+        assert storms.note("max_headers", now=10.1 + i * 0.1) is None
+    report = storms.note("max_headers", now=10.5)
+    assert report is not None
+    assert (report.count, report.started_at) == (10, 8.0)
+
+
+def test_lifecycle_limits_are_not_counted_as_storms() -> None:
+    storms = StormDetector(threshold=3, window=10)
+    for i, reason in enumerate(sorted(LIFECYCLE_LIMITS) * 10):
+        assert storms.note(reason, now=i * 0.01) is None
+    assert len(storms) == 0
+    assert LIFECYCLE_LIMITS == RejectionLog.QUIET
+    assert storms.note("max_headers", now=1) is None
+    assert storms.note("max_headers", now=1) is None
+    assert storms.note("max_headers", now=1) is not None
+
+
+def test_storm_detector_rejects_nonsense_settings() -> None:
+    with pytest.raises(ValueError, match="threshold"):
+        StormDetector(threshold=0)
+    with pytest.raises(ValueError, match="window"):
+        StormDetector(window=0)
+    assert (StormDetector().threshold, StormDetector().window) == (100, 10.0)
+
+
+@given(
+    st.lists(
+        st.tuples(st.floats(0, 5, allow_nan=False), st.sampled_from(["a", "b", "c"])),
+        max_size=400,
+    )
+)
+def test_storm_detector_memory_is_bounded_and_reports_are_spaced(
+    events: list[tuple[float, str]],
+) -> None:
+    storms = StormDetector(threshold=20, window=3.0)
+    now = 0.0
+    last_report: float | None = None
+    for gap, reason in events:
+        now += gap
+        report = storms.note(reason, now=now)
+        assert len(storms) <= 20
+        if report is not None:
+            assert last_report is None or now - last_report >= 3.0
+            assert report.count == sum(report.by_reason.values()) == 20
+            assert now - report.started_at < 3.0
+            last_report = now

@@ -276,4 +276,38 @@ def test_merge_of_one_is_identity_and_of_none_is_empty() -> None:
     assert _at(empty, "listeners") == {} and _at(empty, "process.workers") == 0
 
 
+def _supervised(trees: list[dict[str, object]]) -> dict[str, object]:
+    """What the supervisor serves: the merged tree plus its section and the per-worker list."""
+    merged = merge_stats(trees)
+    merged["supervisor"] = {
+        "workers": 3,
+        "worker_restarts": 2,
+        "reloads": 4,
+        "reload_failures": 1,
+        "generation": 5,
+    }
+    merged["workers"] = [
+        {"index": i, "pid": 1000 + i, "generation": 5, "stats": tree}
+        for i, tree in enumerate(trees)
+    ]
+    return merged
+
+
+def test_merged_tree_shares_nothing_with_the_worker_trees() -> None:
+    first, second = _stats(), _second_worker()
+    before = json.dumps([first, second], sort_keys=True)
+    tree = _supervised([first, second])
+    listener = _at(tree, "listeners.public")
+    assert isinstance(listener, dict)
+    listener["requests"]["total"] = -1
+    listener["tls"]["tickets"]["keys"].append({"name_prefix": "mutated"})
+    servers = _at(tree, "upstreams.app.servers")
+    assert isinstance(servers, list)
+    servers[0]["active"] = -1
+    _at(tree, "process")["rss_bytes"] = -1  # type: ignore[index]
+    assert json.dumps([first, second], sort_keys=True) == before
+    assert json.loads(json.dumps(tree))["workers"][1]["stats"] == second  # JSON-able as served
+    assert _at(tree, "supervisor.generation") == 5 and _at(tree, "process.workers") == 2
+
+
 # --- Prometheus ---------------------------------------------------------------------------------

@@ -6,7 +6,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from gateproxy.core.metrics import Metrics, build_stats, merge_stats
 from gateproxy.core.prometheus import FAMILIES, render_prometheus
-from tests.core.test_metrics import _second_worker, _stats
+from tests.core.test_metrics import _second_worker, _stats, _supervised
 
 
 def _samples(text: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
@@ -136,3 +136,43 @@ def test_session_guard_top_tables_reach_prometheus() -> None:
     assert samples[("gateproxy_session_guard_top_path_minted", (("path", "/x"),))] == 2
     assert samples[("gateproxy_session_guard_top_client_minted", (("client", "10.0.0.9"),))] == 7
     assert samples[("gateproxy_session_guard_minted_total", ())] == 7
+
+
+SUPERVISOR_FAMILIES = {
+    "gateproxy_workers_configured": ("gauge", 3),
+    "gateproxy_worker_restarts": ("counter", 2),
+    "gateproxy_reloads": ("counter", 4),
+    "gateproxy_reload_failures": ("counter", 1),
+    "gateproxy_config_generation": ("gauge", 5),
+}
+
+
+def test_supervisor_tree_renders_its_section_and_ignores_the_worker_list() -> None:
+    trees = [_stats(), _second_worker()]
+    text = render_prometheus(_supervised(trees))
+    families = {}
+    for family in text_string_to_metric_families(text):
+        assert family.name not in families, f"duplicate family {family.name}"
+        families[family.name] = family
+    for name, (kind, value) in SUPERVISOR_FAMILIES.items():
+        assert families[name].type == kind
+        assert [(s.name, s.labels, s.value) for s in families[name].samples] == [
+            (name + ("_total" if kind == "counter" else ""), {}, value)
+        ]
+    for line in text.splitlines():
+        if line.startswith("# TYPE") and line.split()[3] == "counter":
+            assert line.split()[2].endswith("_total"), line
+    # the per-worker breakdown adds nothing: the same samples as the merged tree alone
+    without = _supervised(trees)
+    del without["workers"]
+    assert _samples(text) == _samples(render_prometheus(without))
+    assert _samples(text)[_s("requests_total", listener="public")] == 100  # merged, once
+    assert _samples(text)[_s("process_workers")] == 2
+
+
+def test_no_supervisor_section_means_no_supervisor_families() -> None:
+    text = render_prometheus(merge_stats([_stats(), _second_worker()]))
+    names = {family.name for family in text_string_to_metric_families(text)}
+    assert not names & set(SUPERVISOR_FAMILIES)
+    partial = render_prometheus({"supervisor": {"reloads": 7, "generation": "x"}})
+    assert _samples(partial) == {_s("reloads_total"): 7}

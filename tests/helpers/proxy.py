@@ -60,8 +60,7 @@ async def running_proxy(
         try:
             yield daemon
         finally:
-            daemon.request_stop()
-            daemon.request_stop()  # tests do not wait for a drain unless they ask for one
+            daemon.request_stop(at_once=True)  # tests wait for a drain only when they ask
 
 
 def address(daemon: Daemon, name: str = "public") -> str:

@@ -1,0 +1,437 @@
+"""The supervisor: what ``gateproxy run`` runs. Holds the sockets and keys, runs the workers.
+
+Theory of operation
+-------------------
+The supervisor validates the config (schema, certificates, key files, the TLS engine self-test),
+binds every listener (one ``SO_REUSEPORT`` socket per worker, ``net.listen_slots``) and starts
+``workers`` worker processes (``gateproxy.worker``), each a ``Daemon`` accepting on the sockets
+of its slot. It never accepts a client connection itself. It also:
+
+* **makes the ticket keys** of every listener without ``key_files`` and rotates them on its own
+  clock, handing each new key list to every worker, so a client resumes on whichever worker it
+  lands (listeners with ``key_files`` have their workers read the files);
+* **restarts a worker that dies**, in the same slot, with back-off (``core.restarts``);
+* **reloads on SIGHUP**: re-read and validate everything; on any problem log each one with its
+  key path and keep the running generation. Otherwise open the sockets of new listeners, start a
+  new generation of workers with the new config, and once all of them are ready tell the old
+  ones to *retire* (stop accepting; open connections finish under the old config, each closed
+  after its next response) and close the sockets of removed listeners. The sockets of listeners
+  that stay are the same sockets throughout, so no connection attempt is refused;
+* **drains on SIGTERM/SIGINT**: stop accepting everywhere, tell every worker to drain (health
+  answers 503, idle keep-alive connections closed, in-flight requests get ``shutdown_timeout``),
+  exit 0 once all workers exited 0. A second signal makes the workers cut their drain short;
+* **serves the admin listener**: ``/stats`` merges the workers' trees (``core.metrics
+  .merge_stats``) and lists each worker; ``/metrics`` renders the merged tree;
+* forwards SIGUSR1 (reopen the access log) to the workers.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from gateproxy.core.config import Config
+from gateproxy.core.metrics import merge_stats
+from gateproxy.core.restarts import RestartPolicy
+from gateproxy.errors import ConfigError, GateproxyError
+from gateproxy.logs import event
+from gateproxy.net.admin import open_admin_listeners, serve_admin
+from gateproxy.net.key_rings import SupervisorKeys
+from gateproxy.net.listen_slots import ListenError, ListenSlots, slot_key
+from gateproxy.net.workers import WorkerHandle, spawn_worker, stop_all, wait_ready
+
+STARTUP_TIMEOUT = 30.0
+STATS_TIMEOUT = 2.0
+TIMER_PERIOD = 1.0
+
+
+class StartupError(GateproxyError):
+    """The first generation of workers did not come up."""
+
+
+@dataclass
+class Generation:
+    """One config generation and its workers (index -> handle)."""
+
+    number: int
+    config: Config
+    text: str
+    workers: dict[int, WorkerHandle] = field(default_factory=dict)
+
+    @property
+    def size(self) -> int:
+        return self.config.worker_count(cpus=_cpus())
+
+    def wanted_sockets(self) -> dict[str, int]:
+        return {slot_key(lc.name, lc.bind): self.size for lc in self.config.listeners}
+
+
+class Supervisor:
+    """Runs the workers of one config file (see the module docstring)."""
+
+    def __init__(self, config: Config, text: str, *, path: Path) -> None:
+        self.path = path
+        self.base_dir = path.resolve().parent
+        self.current = Generation(1, config, text)
+        self.slots = ListenSlots()
+        self.keys = SupervisorKeys()
+        self.retiring: list[WorkerHandle] = []
+        self.policies: dict[int, RestartPolicy] = {}
+        self.counters = {"worker_restarts": 0, "reloads": 0, "reload_failures": 0}
+        self.addresses: dict[str, tuple[str, int]] = {}
+        self.admin_address: tuple[str, int] | None = None
+        self.exit_status = 0
+        self._stop = trio.Event()
+        self._stop_count = 0
+        self._second_stop = trio.Event()
+        self._reload_lock = trio.Lock()
+        self._admin_scope: trio.CancelScope | None = None
+        self._stats_cache: dict[str, object] = merge_stats([])
+        self._nursery: trio.Nursery | None = None
+
+    # --- lifecycle ------------------------------------------------------------------------------
+
+    async def run(
+        self, *, task_status: trio.TaskStatus[Supervisor] = trio.TASK_STATUS_IGNORED
+    ) -> int:
+        """Serve until drained; returns the exit status (0: every worker exited cleanly)."""
+        try:
+            await self._serve(task_status)
+        except BaseExceptionGroup as group:
+            raise _unwrap(group) from None
+        finally:
+            self.slots.close_all()
+            self._remove_pid_file()
+            event("stopped", exit_status=self.exit_status)
+        return self.exit_status
+
+    async def _serve(self, task_status: trio.TaskStatus[Supervisor]) -> None:
+        for lc in self.current.config.listeners:  # a port in use: one clear error, no workers
+            self.slots.ensure(slot_key(lc.name, lc.bind), slots=self.current.size)
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            nursery.start_soon(self._watch_signals)
+            nursery.start_soon(self._timers)
+            self.keys.prepare(self.current.config, now=trio.current_time())
+            try:
+                if not await self._start_generation(self.current):
+                    raise StartupError("the workers did not start (see the lines above)")
+                await self._start_admin(self.current.config)
+            except BaseException:
+                for handle in self._live_workers():
+                    handle.kill()  # else reaping them would wait forever
+                raise
+            self._write_pid_file()
+            event(
+                "started",
+                listeners=self.addresses,
+                admin=self.admin_address,
+                workers=self.current.size,
+                pid=os.getpid(),
+            )
+            task_status.started(self)
+            await self._stop.wait()
+            await self._drain()
+            nursery.cancel_scope.cancel()
+
+    def request_stop(self) -> None:
+        """Drain every worker and exit; the second call makes the workers stop at once."""
+        self._stop_count += 1
+        self._stop.set()
+        if self._stop_count > 1:
+            self._second_stop.set()
+
+    async def _drain(self) -> None:
+        self.slots.close_all()  # our copies; each worker closes its own when it stops accepting
+        handles = self._live_workers()
+        for handle in handles:
+            handle.state = "stopping"
+            await handle.send({"op": "stop"})
+        with trio.move_on_after(5.0):
+            for handle in handles:
+                await handle.draining.wait()
+        timeout = self.current.config.shutdown_timeout
+        event("draining", timeout_s=timeout, workers=[h.pid for h in handles])
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._forward_second_stop, handles)
+            with trio.move_on_after(timeout + 5.0):  # each worker enforces timeout itself
+                for handle in handles:
+                    await handle.exited.wait()
+            nursery.cancel_scope.cancel()
+        for handle in handles:
+            handle.kill()
+            await handle.exited.wait()
+        self.exit_status = 0 if all(h.returncode == 0 for h in handles) else 1
+
+    async def _forward_second_stop(self, handles: list[WorkerHandle]) -> None:
+        await self._second_stop.wait()
+        for handle in handles:
+            await handle.send({"op": "stop", "at_once": True})
+
+    # --- workers --------------------------------------------------------------------------------
+
+    async def _start_generation(self, gen: Generation) -> bool:
+        """Open the sockets ``gen`` needs, start its workers, wait until all are ready."""
+        for lc in gen.config.listeners:
+            self.slots.ensure(slot_key(lc.name, lc.bind), slots=gen.size)
+        for index in range(gen.size):
+            await self._spawn(gen, index)
+        ok = await wait_ready(list(gen.workers.values()), max_wait=STARTUP_TIMEOUT)
+        if ok:
+            self.addresses = {
+                lc.name: self.slots.address(slot_key(lc.name, lc.bind))
+                for lc in gen.config.listeners
+            }
+        return ok
+
+    async def _spawn(self, gen: Generation, index: int) -> WorkerHandle:
+        assert self._nursery is not None
+        fds = {
+            lc.name: self.slots.fd(slot_key(lc.name, lc.bind), slot=index)
+            for lc in gen.config.listeners
+        }
+        setup = {
+            "config_text": gen.text,
+            "source": str(self.path),
+            "base_dir": str(self.base_dir),
+            "listeners": fds,
+            "ticket_keys": self.keys.wire(now=trio.current_time()),
+        }
+        handle = await spawn_worker(
+            index=index, generation=gen.number, setup=setup, fds=list(fds.values())
+        )
+        gen.workers[index] = handle
+        self._nursery.start_soon(self._supervise, gen, handle)
+        return handle
+
+    async def _supervise(self, gen: Generation, handle: WorkerHandle) -> None:
+        """Wait for the worker to end; restart it if it died while it should be serving."""
+        await handle.run()
+        if handle in self.retiring:
+            self.retiring.remove(handle)
+        if self._stop.is_set() or gen is not self.current or handle.state != "ready":
+            return
+        uptime = trio.current_time() - handle.started_at
+        delay = self.policies.setdefault(handle.index, RestartPolicy()).delay_after_exit(
+            uptime=uptime
+        )
+        event(
+            "worker_exited",
+            index=handle.index,
+            pid=handle.pid,
+            returncode=handle.returncode,
+            uptime_s=round(uptime, 3),
+            restart_in_s=delay,
+        )
+        await trio.sleep(delay)
+        if self._stop.is_set() or gen is not self.current:
+            return
+        new = await self._spawn(gen, handle.index)
+        self.counters["worker_restarts"] += 1
+        if await wait_ready([new], max_wait=STARTUP_TIMEOUT):
+            event("worker_restarted", index=new.index, pid=new.pid, old_pid=handle.pid)
+
+    def _live_workers(self) -> list[WorkerHandle]:
+        current = [h for h in self.current.workers.values() if not h.exited.is_set()]
+        return current + [h for h in self.retiring if not h.exited.is_set()]
+
+    # --- reload ---------------------------------------------------------------------------------
+
+    async def reload(self) -> bool:
+        """Re-read the config file and switch to it (see the module docstring); True if done."""
+        async with self._reload_lock:
+            try:
+                config, text = load_and_check(self.path)
+                gen = Generation(self.current.number + 1, config, text)
+                self.keys.prepare(config, now=trio.current_time())
+                started = await self._start_generation(gen)
+            except (ConfigError, ListenError) as exc:
+                return self._reload_failed(_problem_lines(exc))
+            if not started:
+                await stop_all(list(gen.workers.values()), grace=5.0)
+                self.slots.keep_only(self.current.wanted_sockets())
+                return self._reload_failed(["the new workers did not start (see above)"])
+            await self._switch_to(gen)
+            return True
+
+    async def _switch_to(self, gen: Generation) -> None:
+        old = self.current
+        self.current = gen
+        for handle in old.workers.values():
+            if not handle.exited.is_set():
+                handle.state = "retiring"
+                self.retiring.append(handle)
+                await handle.send({"op": "retire"})
+        with trio.move_on_after(5.0):  # after "reloaded", only the new generation accepts
+            for handle in self.retiring:
+                await handle.draining.wait()
+        self.slots.keep_only(gen.wanted_sockets())
+        if old.config.admin != gen.config.admin:
+            await self._start_admin(gen.config)
+        self.counters["reloads"] += 1
+        event(
+            "reloaded",
+            generation=gen.number,
+            workers=gen.size,
+            listeners=self.addresses,
+            retiring=[h.pid for h in self.retiring],
+        )
+
+    def _reload_failed(self, errors: list[str]) -> bool:
+        self.counters["reload_failures"] += 1
+        event("reload_failed", errors=errors, kept_generation=self.current.number)
+        return False
+
+    # --- admin, timers, signals -----------------------------------------------------------------
+
+    async def _start_admin(self, config: Config) -> None:
+        assert self._nursery is not None
+        if self._admin_scope is not None:
+            self._admin_scope.cancel()
+            self._admin_scope, self.admin_address = None, None
+        if config.admin is None:
+            return
+        sockets = await open_admin_listeners(config.admin.bind)
+        name = sockets[0].socket.getsockname()
+        self.admin_address = (str(name[0]), int(name[1]))
+        self._admin_scope = await self._nursery.start(self._serve_admin, sockets)
+
+    async def _serve_admin(
+        self,
+        sockets: list[trio.SocketListener],
+        *,
+        task_status: trio.TaskStatus[trio.CancelScope] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        with trio.CancelScope() as scope:
+            task_status.started(scope)
+            await serve_admin(sockets, stats=lambda: self._stats_cache, refresh=self.refresh_stats)
+
+    async def refresh_stats(self) -> None:
+        """Ask every live worker for its tree and merge them (what /stats and /metrics show)."""
+        handles = self._live_workers()
+        trees: dict[WorkerHandle, dict[str, Any]] = {}
+
+        async def ask(handle: WorkerHandle) -> None:
+            tree = await handle.stats(max_wait=STATS_TIMEOUT)
+            if tree is not None:
+                trees[handle] = tree
+
+        async with trio.open_nursery() as nursery:
+            for handle in handles:
+                nursery.start_soon(ask, handle)
+        answered = [h for h in handles if h in trees]
+        merged = merge_stats([trees[h] for h in answered])
+        merged["supervisor"] = {
+            "pid": os.getpid(),
+            "workers": self.current.size,
+            "generation": self.current.number,
+            **self.counters,
+        }
+        merged["workers"] = [
+            {
+                "index": h.index,
+                "pid": h.pid,
+                "generation": h.generation,
+                "state": h.state,
+                "stats": trees[h],
+            }
+            for h in answered
+        ]
+        self._stats_cache = merged
+
+    async def _timers(self) -> None:
+        while True:
+            await trio.sleep(TIMER_PERIOD)
+            rotated = self.keys.rotate_if_due(now=trio.current_time())
+            if rotated:
+                message = {"op": "keys", "ticket_keys": self.keys.wire(now=trio.current_time())}
+                for handle in self._live_workers():
+                    await handle.send(message)
+                for name in rotated:
+                    event("ticket_key_rotated", listener=name, keys=self.keys.prefixes(name))
+
+    async def _watch_signals(self) -> None:
+        watched = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGHUP, signal.SIGUSR1)
+        with trio.open_signal_receiver(*watched) as signals:
+            async for signum in signals:
+                event("signal", signal=signal.Signals(signum).name)
+                if signum == signal.SIGHUP:
+                    await self.reload()
+                elif signum == signal.SIGUSR1:
+                    for handle in self._live_workers():
+                        await handle.send({"op": "reopen_logs"})
+                else:
+                    self.request_stop()
+
+    def _write_pid_file(self) -> None:
+        pid_file = self.current.config.pid_file
+        if pid_file:
+            path = self._resolve(pid_file)
+            path.write_text(f"{os.getpid()}\n", encoding="ascii")
+
+    def _remove_pid_file(self) -> None:
+        pid_file = self.current.config.pid_file
+        if pid_file:
+            self._resolve(pid_file).unlink(missing_ok=True)
+
+    def _resolve(self, name: str) -> Path:
+        path = Path(name).expanduser()
+        return path if path.is_absolute() else self.base_dir / path
+
+
+def load_and_check(path: Path) -> tuple[Config, str]:
+    """Read, parse and validate ``path`` and every file it names; raise ConfigError with all."""
+    from gateproxy.cli import certificate_problems
+    from gateproxy.core.config import load_config_text
+
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError.single(str(path), "", f"cannot read config file: {exc.strerror}") from exc
+    config = load_config_text(text, source=str(path))
+    problems = certificate_problems(config, base_dir=path.resolve().parent)
+    if problems:
+        raise ConfigError(str(path), problems)
+    return config, text
+
+
+def read_pid_file(config: Config, *, base_dir: Path) -> int:
+    """The supervisor pid from ``config.pid_file``; GateproxyError naming the problem if none."""
+    if not config.pid_file:
+        raise GateproxyError("the config sets no pid_file: pass --pid, or kill -HUP the process")
+    path = Path(config.pid_file).expanduser()
+    path = path if path.is_absolute() else base_dir / path
+    try:
+        return int(path.read_text(encoding="ascii").strip())
+    except (OSError, ValueError) as exc:
+        raise GateproxyError(f"pid_file {path}: cannot read a pid ({exc})") from exc
+
+
+def _unwrap(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    """The one error worth a line (ours first) out of a nursery's exception group."""
+    leaves: list[BaseException] = []
+    pending: list[BaseException] = [group]
+    while pending:
+        exc = pending.pop()
+        if isinstance(exc, BaseExceptionGroup):
+            pending.extend(exc.exceptions)
+        else:
+            leaves.append(exc)
+    ours = [exc for exc in leaves if isinstance(exc, GateproxyError)]
+    return (ours or leaves or [group])[0]
+
+
+def _problem_lines(exc: GateproxyError) -> list[str]:
+    return [line for line in str(exc).splitlines() if line.strip()]
+
+
+def _cpus() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1

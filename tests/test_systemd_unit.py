@@ -1,0 +1,138 @@
+"""config/gateproxy.service: the operational requirements, read from the unit file itself."""
+
+from __future__ import annotations
+
+import shlex
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from gateproxy.core.config import Config
+from gateproxy.core.units import parse_duration
+
+UNIT = Path(__file__).resolve().parents[1] / "config" / "gateproxy.service"
+
+Unit = dict[str, list[tuple[str, str]]]
+
+
+def parse_unit(text: str) -> Unit:
+    """systemd's unit syntax: sections, repeated keys kept in order, ``#``/``;`` comments,
+    backslash line continuations."""
+    sections: Unit = {}
+    current: list[tuple[str, str]] | None = None
+    pending = ""
+    for raw in text.splitlines():
+        line = pending + raw.strip() if pending else raw.strip()
+        pending = ""
+        if not line or line[0] in "#;":
+            continue
+        if line.endswith("\\"):
+            pending = line[:-1].rstrip() + " "
+            continue
+        if line.startswith("[") and line.endswith("]"):
+            current = sections.setdefault(line[1:-1], [])
+            continue
+        key, sep, value = line.partition("=")
+        assert sep and current is not None, f"not a key=value line in a section: {raw!r}"
+        current.append((key.strip(), value.strip()))
+    return sections
+
+
+@pytest.fixture(scope="module")
+def service() -> list[tuple[str, str]]:
+    return parse_unit(UNIT.read_text())["Service"]
+
+
+def values(service: list[tuple[str, str]], key: str) -> list[str]:
+    return [v for k, v in service if k == key]
+
+
+def one(service: list[tuple[str, str]], key: str) -> str:
+    found = values(service, key)
+    assert len(found) == 1, f"{key}: expected exactly one, got {found}"
+    return found[0]
+
+
+def _config_path(command: str) -> str:
+    argv = shlex.split(command)
+    return argv[argv.index("-c") + 1]
+
+
+def test_parser_keeps_repeated_keys_and_continuations() -> None:
+    unit = parse_unit("# c\n[Service]\nA=1\n; c\nA=2\nB=x \\\n  y\n[Install]\nC=3\n")
+    assert unit == {"Service": [("A", "1"), ("A", "2"), ("B", "x y")], "Install": [("C", "3")]}
+
+
+def test_start_is_validated_first_and_runs_the_same_config(
+    service: list[tuple[str, str]],
+) -> None:
+    pre = shlex.split(one(service, "ExecStartPre"))
+    start = shlex.split(one(service, "ExecStart"))
+    assert pre[0] == start[0] and Path(start[0]).is_absolute()
+    assert (pre[1], start[1]) == ("check", "run")
+    assert _config_path(one(service, "ExecStartPre")) == _config_path(one(service, "ExecStart"))
+    assert one(service, "Type") == "exec"  # no sd_notify support: notify would time out
+
+
+def test_reload_validates_then_sends_hup_to_the_main_process(
+    service: list[tuple[str, str]],
+) -> None:
+    reloads = values(service, "ExecReload")
+    assert shlex.split(reloads[-1]) == ["/bin/kill", "-HUP", "$MAINPID"]
+    for command in reloads[:-1]:  # anything before the HUP only checks the same config
+        assert shlex.split(command)[1] == "check"
+        assert _config_path(command) == _config_path(one(service, "ExecStart"))
+
+
+def test_stop_gives_the_drain_time_to_finish(service: list[tuple[str, str]]) -> None:
+    default_drain = Config.model_fields["shutdown_timeout"].default
+    assert parse_duration(one(service, "TimeoutStopSec")) > default_drain
+    assert one(service, "KillSignal") == "SIGTERM"
+    assert one(service, "KillMode") == "mixed"  # SIGTERM to the supervisor only
+    assert one(service, "Restart") == "on-failure"
+
+
+def test_runs_unprivileged_with_only_the_low_port_capability(
+    service: list[tuple[str, str]],
+) -> None:
+    assert one(service, "User") not in {"root", "0", ""}
+    assert one(service, "Group") not in {"root", "0", ""}
+    assert "CAP_NET_BIND_SERVICE" in one(service, "AmbientCapabilities").split()
+    assert one(service, "CapabilityBoundingSet").split() == ["CAP_NET_BIND_SERVICE"]
+    assert one(service, "NoNewPrivileges") == "yes"
+    assert one(service, "ProtectSystem") == "strict"
+    assert int(one(service, "LimitNOFILE")) >= 65536
+
+
+def test_sandbox_still_allows_what_gateproxy_needs(service: list[tuple[str, str]]) -> None:
+    families = one(service, "RestrictAddressFamilies").split()
+    assert {"AF_INET", "AF_INET6", "AF_UNIX"} <= set(families)  # AF_UNIX: worker control channel
+    assert one(service, "LogsDirectory") == "gateproxy"
+    assert "/var/log/gateproxy" in values(service, "ReadWritePaths")
+    assert values(service, "MemoryDenyWriteExecute") in ([], ["no"])  # libffi closures: see unit
+
+
+@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="no systemd-analyze")
+def test_systemd_analyze_verify_accepts_the_unit(tmp_path: Path) -> None:
+    # verify also checks that the commands exist: point them at this checkout's script
+    script = Path(sys.executable).with_name("gateproxy")
+    if not script.exists():
+        pytest.skip(f"{script} not installed")
+    copy = tmp_path / "gateproxy.service"
+    copy.write_text(UNIT.read_text().replace("/usr/local/bin/gateproxy", str(script)))
+    result = subprocess.run(
+        ["systemd-analyze", "verify", "--man=no", str(copy)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    ours = [
+        line
+        for line in (result.stdout + result.stderr).splitlines()
+        if "gateproxy.service" in line  # unknown keys and bad values are only warnings
+    ]
+    assert result.returncode == 0 and not ours, result.stdout + result.stderr
