@@ -31,7 +31,7 @@ from pathlib import Path
 
 import trio
 
-from gateproxy.core.config import Config
+from gateproxy.core.config import AccessLogConfig, Config
 from gateproxy.core.metrics import build_stats
 from gateproxy.core.ticket_keys import TicketKey
 from gateproxy.logs import AccessLog, event
@@ -73,7 +73,7 @@ class Daemon:
         self._inherited = dict(inherited or {})
         self._ticket_keys = ticket_keys
         self.shared = Shared()
-        self.access_log = AccessLog(config.access_log)
+        self.access_log = AccessLog(_resolved_log_config(config, base_dir=base_dir))
         if config.tls_engine == "full" and any(lc.tls for lc in config.listeners):
             run_self_test()
         self._runtime: Runtime | None = None
@@ -294,6 +294,14 @@ class Daemon:
     async def _close_upstreams(self) -> None:
         for group in self.runtime.upstreams.values():
             await group.close_idle()
+
+
+def _resolved_log_config(config: Config, *, base_dir: Path) -> AccessLogConfig:
+    """``access_log`` with a relative file path made relative to the config's folder."""
+    log = config.access_log
+    if log.path in ("-", "off") or Path(log.path).expanduser().is_absolute():
+        return log
+    return log.model_copy(update={"path": str(base_dir / log.path)})
 
 
 def _keep_unchanged(old: Sequence[TicketKey], new: list[TicketKey]) -> list[TicketKey]:
