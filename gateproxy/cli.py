@@ -15,8 +15,8 @@ from pathlib import Path
 import trio
 
 from gateproxy import __version__
-from gateproxy.core.config import Config, load_config_text
-from gateproxy.errors import ConfigError, ConfigProblem, GateproxyError
+from gateproxy.config_files import certificate_problems, load_config_file
+from gateproxy.errors import ConfigError, GateproxyError
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -71,30 +71,6 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def load_config_file(path: str) -> Config:
-    """Read and validate a config file (schema and cross-checks; no certificate files)."""
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError.single(path, "", f"cannot read config file: {exc.strerror}") from exc
-    return load_config_text(text, source=path)
-
-
-def certificate_problems(config: Config, *, base_dir: Path) -> list[ConfigProblem]:
-    """Every problem with the certificate, key and ticket key files the config names."""
-    from gateproxy.net.runtime import read_ticket_keys
-    from gateproxy.tls.contexts import check_certificates, check_tls_settings
-
-    problems: list[ConfigProblem] = []
-    for i, listener in enumerate(config.listeners):
-        if listener.tls is not None:
-            where = f"listeners[{i}].tls"
-            problems += check_tls_settings(listener.tls, path=where)
-            problems += check_certificates(listener.tls, base_dir=base_dir, path=where)
-            problems += read_ticket_keys(listener.tls, base_dir=base_dir, now=0.0, path=where)[1]
-    return problems
-
-
 def _cmd_check(args: argparse.Namespace) -> int:
     try:
         config = load_config_file(args.config)
@@ -113,7 +89,8 @@ def _cmd_check(args: argparse.Namespace) -> int:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from gateproxy.supervisor import Supervisor, load_and_check
+    from gateproxy.config_files import load_and_check
+    from gateproxy.supervisor import Supervisor
     from gateproxy.tls.selftest import run_self_test
 
     try:
@@ -130,7 +107,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 def _cmd_reload(args: argparse.Namespace) -> int:
     import signal
 
-    from gateproxy.supervisor import load_and_check, read_pid_file
+    from gateproxy.config_files import load_and_check, read_pid_file
 
     try:
         config, _ = load_and_check(Path(args.config))

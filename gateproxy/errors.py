@@ -113,3 +113,17 @@ class ClientBodyTooLarge(ClientError):
     def __init__(self, limit: int):
         self.limit = limit
         super().__init__(f"request body larger than max_body_bytes ({limit} bytes)")
+
+
+def first_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    """The one error worth a line (ours first) out of a nursery's exception group."""
+    leaves: list[BaseException] = []
+    pending: list[BaseException] = [group]
+    while pending:
+        exc = pending.pop()
+        if isinstance(exc, BaseExceptionGroup):
+            pending.extend(exc.exceptions)
+        else:
+            leaves.append(exc)
+    ours = [exc for exc in leaves if isinstance(exc, GateproxyError)]
+    return (ours or leaves or [group])[0]

@@ -31,19 +31,25 @@ import os
 import signal
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import trio
 
+from gateproxy.config_files import load_and_check
 from gateproxy.core.config import Config
 from gateproxy.core.metrics import merge_stats
 from gateproxy.core.restarts import RestartPolicy
-from gateproxy.errors import ConfigError, GateproxyError
+from gateproxy.errors import ConfigError, GateproxyError, first_error
 from gateproxy.logs import event
 from gateproxy.net.admin import open_admin_listeners, serve_admin
 from gateproxy.net.key_rings import SupervisorKeys
 from gateproxy.net.listen_slots import ListenError, ListenSlots, slot_key
-from gateproxy.net.workers import WorkerHandle, spawn_worker, stop_all, wait_ready
+from gateproxy.net.workers import (
+    WorkerHandle,
+    gather_stats,
+    spawn_worker,
+    stop_all,
+    wait_ready,
+)
 
 STARTUP_TIMEOUT = 30.0
 STATS_TIMEOUT = 2.0
@@ -103,7 +109,7 @@ class Supervisor:
         try:
             await self._serve(task_status)
         except BaseExceptionGroup as group:
-            raise _unwrap(group) from None
+            raise first_error(group) from None
         finally:
             self.slots.close_all()
             self._remove_pid_file()
@@ -121,6 +127,7 @@ class Supervisor:
             try:
                 if not await self._start_generation(self.current):
                     raise StartupError("the workers did not start (see the lines above)")
+                self._commit(self.current)
                 await self._start_admin(self.current.config)
             except BaseException:
                 for handle in self._live_workers():
@@ -214,8 +221,8 @@ class Supervisor:
         await handle.run()
         if handle in self.retiring:
             self.retiring.remove(handle)
-        if self._stop.is_set() or gen is not self.current or handle.state != "ready":
-            return
+        if self._stop.is_set() or gen is not self.current or not handle.restartable:
+            return  # stopping, retired, or a start that its caller handles (startup, reload)
         uptime = trio.current_time() - handle.started_at
         delay = self.policies.setdefault(handle.index, RestartPolicy()).delay_after_exit(
             uptime=uptime
@@ -232,6 +239,7 @@ class Supervisor:
         if self._stop.is_set() or gen is not self.current:
             return
         new = await self._spawn(gen, handle.index)
+        new.restartable = True  # a replacement that dies is replaced again, with more back-off
         self.counters["worker_restarts"] += 1
         if await wait_ready([new], max_wait=STARTUP_TIMEOUT):
             event("worker_restarted", index=new.index, pid=new.pid, old_pid=handle.pid)
@@ -259,9 +267,18 @@ class Supervisor:
             await self._switch_to(gen)
             return True
 
+    def _commit(self, gen: Generation) -> None:
+        """From now on a worker of ``gen`` that dies is restarted."""
+        for handle in gen.workers.values():
+            handle.restartable = True
+
     async def _switch_to(self, gen: Generation) -> None:
         old = self.current
         self.current = gen
+        self._commit(gen)
+        keys = {"op": "keys", "ticket_keys": self.keys.wire(now=trio.current_time())}
+        for handle in gen.workers.values():
+            await handle.send(keys)  # a rotation may have happened while they started
         for handle in old.workers.values():
             if not handle.exited.is_set():
                 handle.state = "retiring"
@@ -314,16 +331,7 @@ class Supervisor:
     async def refresh_stats(self) -> None:
         """Ask every live worker for its tree and merge them (what /stats and /metrics show)."""
         handles = self._live_workers()
-        trees: dict[WorkerHandle, dict[str, Any]] = {}
-
-        async def ask(handle: WorkerHandle) -> None:
-            tree = await handle.stats(max_wait=STATS_TIMEOUT)
-            if tree is not None:
-                trees[handle] = tree
-
-        async with trio.open_nursery() as nursery:
-            for handle in handles:
-                nursery.start_soon(ask, handle)
+        trees = await gather_stats(handles, max_wait=STATS_TIMEOUT)
         answered = [h for h in handles if h in trees]
         merged = merge_stats([trees[h] for h in answered])
         merged["supervisor"] = {
@@ -361,7 +369,8 @@ class Supervisor:
             async for signum in signals:
                 event("signal", signal=signal.Signals(signum).name)
                 if signum == signal.SIGHUP:
-                    await self.reload()
+                    if not self._stop.is_set():
+                        await self.reload()
                 elif signum == signal.SIGUSR1:
                     for handle in self._live_workers():
                         await handle.send({"op": "reopen_logs"})
@@ -382,48 +391,6 @@ class Supervisor:
     def _resolve(self, name: str) -> Path:
         path = Path(name).expanduser()
         return path if path.is_absolute() else self.base_dir / path
-
-
-def load_and_check(path: Path) -> tuple[Config, str]:
-    """Read, parse and validate ``path`` and every file it names; raise ConfigError with all."""
-    from gateproxy.cli import certificate_problems
-    from gateproxy.core.config import load_config_text
-
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError.single(str(path), "", f"cannot read config file: {exc.strerror}") from exc
-    config = load_config_text(text, source=str(path))
-    problems = certificate_problems(config, base_dir=path.resolve().parent)
-    if problems:
-        raise ConfigError(str(path), problems)
-    return config, text
-
-
-def read_pid_file(config: Config, *, base_dir: Path) -> int:
-    """The supervisor pid from ``config.pid_file``; GateproxyError naming the problem if none."""
-    if not config.pid_file:
-        raise GateproxyError("the config sets no pid_file: pass --pid, or kill -HUP the process")
-    path = Path(config.pid_file).expanduser()
-    path = path if path.is_absolute() else base_dir / path
-    try:
-        return int(path.read_text(encoding="ascii").strip())
-    except (OSError, ValueError) as exc:
-        raise GateproxyError(f"pid_file {path}: cannot read a pid ({exc})") from exc
-
-
-def _unwrap(group: BaseExceptionGroup[BaseException]) -> BaseException:
-    """The one error worth a line (ours first) out of a nursery's exception group."""
-    leaves: list[BaseException] = []
-    pending: list[BaseException] = [group]
-    while pending:
-        exc = pending.pop()
-        if isinstance(exc, BaseExceptionGroup):
-            pending.extend(exc.exceptions)
-        else:
-            leaves.append(exc)
-    ours = [exc for exc in leaves if isinstance(exc, GateproxyError)]
-    return (ours or leaves or [group])[0]
 
 
 def _problem_lines(exc: GateproxyError) -> list[str]:

@@ -33,6 +33,7 @@ class WorkerHandle:
     channel: ControlChannel
     started_at: float
     state: str = "starting"  # starting | ready | retiring | stopping
+    restartable: bool = False  # the supervisor restarts it if it dies (set once committed)
     ready: trio.Event = field(default_factory=trio.Event)
     draining: trio.Event = field(default_factory=trio.Event)
     exited: trio.Event = field(default_factory=trio.Event)
@@ -157,3 +158,20 @@ async def stop_all(handles: Sequence[WorkerHandle], *, grace: float) -> None:
             await handle.exited.wait()
     for handle in handles:
         handle.kill()
+
+
+async def gather_stats(
+    handles: Sequence[WorkerHandle], *, max_wait: float
+) -> dict[WorkerHandle, dict[str, Any]]:
+    """Every worker's stats tree, asked concurrently; workers that do not answer are left out."""
+    trees: dict[WorkerHandle, dict[str, Any]] = {}
+
+    async def ask(handle: WorkerHandle) -> None:
+        tree = await handle.stats(max_wait=max_wait)
+        if tree is not None:
+            trees[handle] = tree
+
+    async with trio.open_nursery() as nursery:
+        for handle in handles:
+            nursery.start_soon(ask, handle)
+    return trees
