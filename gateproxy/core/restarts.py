@@ -33,7 +33,7 @@ class RestartPolicy:
         """Seconds to wait before restarting a worker that ran ``uptime`` seconds and died."""
         if uptime >= self.stable_after:
             self._quick_deaths = 0
-        delay = min(self.cap, self.first * float(2**self._quick_deaths))
+        delay = min(self.cap, self.first * 2.0 ** min(self._quick_deaths, 64))
         self._quick_deaths += 1
         return delay
 

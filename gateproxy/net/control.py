@@ -3,8 +3,8 @@
 Messages are small dicts with an ``op`` key (see ``gateproxy.worker`` for the list). Each side
 owns one :class:`ControlChannel`; sends are serialised by a lock so two tasks never interleave
 their lines, and ``receive`` returns ``None`` at end of stream (the other process is gone).
-A line longer than ``MAX_LINE`` is a protocol error: the channel is closed rather than buffering
-without bound.
+A line longer than ``MAX_LINE`` is a protocol error (``ControlError``) rather than a buffer
+without bound; the caller then closes the channel.
 """
 
 from __future__ import annotations

@@ -53,7 +53,7 @@ class ListenSlots:
         """The first ``slots`` sockets kept under ``key``, opening what is missing."""
         sockets = self._by_key.get(key)
         if sockets is None:
-            sockets = [_open_first(key.rpartition("@")[2])]
+            sockets = [_open_first(key.rpartition("@")[2], ours=self._ports())]
             self._by_key[key] = sockets
         while len(sockets) < slots:
             sockets.append(_open_more(sockets[0]))
@@ -80,6 +80,9 @@ class ListenSlots:
                 del self._by_key[bind]
                 closed.append(bind)
         return closed
+
+    def _ports(self) -> set[int]:
+        return {sockets[0].getsockname()[1] for sockets in self._by_key.values()}
 
     def close_all(self) -> None:
         self.keep_only({})
@@ -113,10 +116,11 @@ def _bind_listen(sock: socket.socket, address: tuple[str, int], bind: str) -> so
     return sock
 
 
-def _open_first(bind: str) -> socket.socket:
+def _open_first(bind: str, *, ours: set[int]) -> socket.socket:
     host, port = split_hostport(bind)
     family = _family(host)
-    if port != 0:  # refuse to join somebody else's SO_REUSEPORT group
+    if port != 0 and port not in ours:  # refuse to join somebody else's SO_REUSEPORT group
+        # (a port we hold already, e.g. a reload from 127.0.0.1:P to 0.0.0.0:P, is ours to share)
         probe = _new_socket(family, reuse_port=False)
         try:
             probe.bind((host, port))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 
 import pytest
@@ -13,6 +14,8 @@ from gateproxy.core.ticket_keys import (
     KeyRing,
     TicketKey,
     TicketStats,
+    keys_from_wire,
+    keys_to_wire,
     new_ticket_key,
 )
 
@@ -261,3 +264,63 @@ def test_ring_invariants_under_random_clock(keep: int, steps: list[float]) -> No
         assert next_at is not None and now < next_at <= now + 100.0
         created = [k.created for k in keys]
         assert created == sorted(created, reverse=True)
+
+
+# --- keys_to_wire / keys_from_wire --------------------------------------------------------------
+
+
+def test_wire_round_trip_preserves_key_material_and_order() -> None:
+    keys = [key(1, created=90.0), key(2, size=16, created=40.0), key(3, created=100.0)]
+    back = keys_from_wire(keys_to_wire(keys, now=100.0), now=100.0)
+    assert [(k.name, k.aes_key, k.hmac_key) for k in back] == [
+        (k.name, k.aes_key, k.hmac_key) for k in keys
+    ]
+    assert [k.cipher for k in back] == ["aes-256-cbc", "aes-128-cbc", "aes-256-cbc"]
+    assert back == keys  # same clock, so created survives too
+
+
+def test_wire_carries_ages_not_clock_readings() -> None:
+    keys = [key(1, created=1000.0), key(2, created=400.0)]
+    wire = keys_to_wire(keys, now=1000.0)
+    assert [item["age_s"] for item in wire] == [0.0, 600.0]
+    # the worker's monotonic clock is unrelated to the supervisor's
+    back = keys_from_wire(wire, now=5.0)
+    assert [k.created for k in back] == [5.0, -595.0]
+    ring = KeyRing.from_keys(back)
+    assert [info.age_s for info in ring.describe(now=5.0)] == [0.0, 600.0]
+
+
+def test_wire_age_never_negative_and_defaults_to_zero() -> None:
+    (item,) = keys_to_wire([key(1, created=50.0)], now=10.0)  # created "in the future"
+    assert item["age_s"] == 0.0
+    del item["age_s"]
+    (back,) = keys_from_wire([item], now=7.0)
+    assert back.created == 7.0
+
+
+def test_wire_is_json_safe_hex() -> None:
+    wire = keys_to_wire([key(0xAB)], now=0.0)
+    assert json.loads(json.dumps(wire)) == wire
+    assert wire[0]["name"] == "ab" * 16
+    assert wire[0]["aes"] == bytes([0xAB ^ 0x55]).hex() * 32
+    assert wire[0]["hmac"] == bytes([0xAB ^ 0xAA]).hex() * 32
+
+
+def test_wire_rejects_bad_shapes_through_ticket_key_validation() -> None:
+    (item,) = keys_to_wire([key(1)], now=0.0)
+    item["hmac"] = "00" * 16
+    with pytest.raises(ValueError, match="HMAC key: expected 32 bytes"):
+        keys_from_wire([item], now=0.0)
+
+
+def test_keys_from_the_wire_hide_their_material_in_repr() -> None:
+    original = TicketKey(name=b"N" * 16, aes_key=b"\x11" * 32, hmac_key=b"\x22" * 32, created=0.0)
+    (back,) = keys_from_wire(keys_to_wire([original], now=0.0), now=0.0)
+    text = repr(back)
+    assert "name=" in text
+    for secret in (back.aes_key, back.hmac_key):
+        assert repr(secret) not in text
+        assert secret.hex() not in text
+    assert "aes_key" not in text and "hmac_key" not in text
+    ring_text = repr(KeyRing.from_keys([back]))
+    assert back.aes_key.hex() not in ring_text and back.hmac_key.hex() not in ring_text

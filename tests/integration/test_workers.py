@@ -51,7 +51,10 @@ def _requests_by_worker(stats: dict[str, Any]) -> dict[int, int]:
 async def test_two_workers_resume_each_others_tls13_tickets_200_times(
     tmp_path: Path, ca: trustme.CA, server_cert: Any
 ) -> None:
-    async with RecordingUpstream() as up, supervised(_config(server_cert, up.address), tmp_path) as gp:
+    async with (
+        RecordingUpstream() as up,
+        supervised(_config(server_cert, up.address), tmp_path) as gp,
+    ):
         first = await https_request(gp.address(), ca=ca, tls_version="TLSv1.3")
         assert first.status == 200 and not first.session_reused
         session = session_of(first)
@@ -77,7 +80,10 @@ async def test_two_workers_resume_each_others_tls13_tickets_200_times(
 async def test_a_killed_worker_is_replaced_and_service_continues(
     tmp_path: Path, ca: trustme.CA, server_cert: Any
 ) -> None:
-    async with RecordingUpstream() as up, supervised(_config(server_cert, up.address), tmp_path) as gp:
+    async with (
+        RecordingUpstream() as up,
+        supervised(_config(server_cert, up.address), tmp_path) as gp,
+    ):
         before = await gp.stats()
         victim = before["workers"][0]["pid"]
         os.kill(victim, signal.SIGKILL)
@@ -172,7 +178,10 @@ async def test_reload_keeps_open_connections_and_switches_certificates(
 async def test_a_broken_reload_is_refused_and_the_old_config_keeps_serving(
     tmp_path: Path, ca: trustme.CA, server_cert: Any
 ) -> None:
-    async with RecordingUpstream() as up, supervised(_config(server_cert, up.address), tmp_path) as gp:
+    async with (
+        RecordingUpstream() as up,
+        supervised(_config(server_cert, up.address), tmp_path) as gp,
+    ):
         good = gp.config_path.read_text()
         gp.config_path.write_text(
             good.replace('"workers": 2', '"workers": 2, "wrokers": 3').replace(
@@ -193,7 +202,10 @@ async def test_a_broken_reload_is_refused_and_the_old_config_keeps_serving(
 async def test_no_request_fails_during_reloads_under_load(
     tmp_path: Path, ca: trustme.CA, server_cert: Any
 ) -> None:
-    async with RecordingUpstream() as up, supervised(_config(server_cert, up.address), tmp_path) as gp:
+    async with (
+        RecordingUpstream() as up,
+        supervised(_config(server_cert, up.address), tmp_path) as gp,
+    ):
         failures: list[BaseException] = []
         done = trio.Event()
         counts = [0, 0]
@@ -208,8 +220,10 @@ async def test_no_request_fails_during_reloads_under_load(
 
         def keep_alive_loop() -> None:
             conn = http.client.HTTPSConnection(
-                gp.address().split(":")[0], int(gp.address().split(":")[1]),
-                context=client_context(ca, check_hostname=False), timeout=10,
+                gp.address().split(":")[0],
+                int(gp.address().split(":")[1]),
+                context=client_context(ca, check_hostname=False),
+                timeout=10,
             )
             while not done.is_set():
                 try:
@@ -238,7 +252,10 @@ async def test_no_request_fails_during_reloads_under_load(
 async def test_metrics_aggregate_workers_and_parse(
     tmp_path: Path, ca: trustme.CA, server_cert: Any
 ) -> None:
-    async with RecordingUpstream() as up, supervised(_config(server_cert, up.address), tmp_path) as gp:
+    async with (
+        RecordingUpstream() as up,
+        supervised(_config(server_cert, up.address), tmp_path) as gp,
+    ):
         for _ in range(6):
             assert (await https_request(gp.address(), ca=ca)).status == 200
         status, body = await gp.get("/metrics")
