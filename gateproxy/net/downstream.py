@@ -19,17 +19,14 @@ import contextlib
 import ssl
 import time
 import traceback
-from collections.abc import Iterable
 
 import h11
 import trio
 
 from gateproxy.core.config import HealthCheckConfig
-from gateproxy.core.headers import prepare_request_headers
 from gateproxy.core.health import answer_health, health_precheck
 from gateproxy.core.limits import ConnectionBudget
 from gateproxy.core.request_rules import chunked_body_problem, raw_head_problem, reject_reason
-from gateproxy.core.session_guard import add_cookie
 from gateproxy.errors import (
     ClientBodyTooLarge,
     ClientDisconnected,
@@ -42,6 +39,7 @@ from gateproxy.net.clientio import ClientSide, deadline_after, reason
 from gateproxy.net.forward import Exchange
 from gateproxy.net.health_pass import pass_through_answer
 from gateproxy.net.runtime import ListenerRuntime
+from gateproxy.net.upstream_request import apply_guard, body_framing, header, upstream_headers
 
 _CLOSING_STATUSES = frozenset({400, 408, 413, 431, 500})
 _STATUS_BODY = {
@@ -78,6 +76,7 @@ class Downstream:
         self.scheme = b"https" if ssl_object is not None else b"http"
         self.tickets_released = False
         self.health_requests = 0
+        self.health_status = 0  # the last health answer's status (for the sampled access log)
 
     async def serve(self) -> None:
         """Serve requests until the client leaves or a limit closes the connection."""
@@ -86,11 +85,9 @@ class Downstream:
             if request is None:
                 return
             keep = await self._handle(request)
-            if not keep or self.client.h11.our_state is not h11.DONE:
+            if not keep or not self.client.cycle_reusable():
                 return
-            if self.client.h11.their_state is not h11.DONE:
-                return
-            self.client.h11.start_next_cycle()
+            self.client.start_next_cycle()
 
     async def finish(self) -> None:
         """Close (TLS close_notify first), then drop the engine's record of the connection."""
@@ -107,27 +104,20 @@ class Downstream:
         limits, client = self.limits, self.client
         first = self.budget.requests == 0
         try:
-            if not first and not client.has_buffered_bytes():
-                # Idle keep-alive: wait for the first byte of the next request.
-                event = client.h11.next_event()
-                if event is h11.NEED_DATA and await self._wait_idle() == 0:
-                    return None
+            # Idle keep-alive: wait for the first byte of the next request.
+            if not first and client.must_wait_for_data() and await self._wait_idle() == 0:
+                return None
             mark = client.start_head()
-            # The whole head must arrive within request_header_timeout (from its first byte on
-            # keep-alive connections): a byte every few seconds (slowloris) does not reset it.
-            with trio.CancelScope(
-                deadline=deadline_after(limits.request_header_timeout)
-            ) as head_scope:
-                event = await client.next_event(max_wait=0, limit="request_header_timeout")
-            if head_scope.cancelled_caught:
-                raise ClientTimeout("request_header_timeout")
+            event = client.poll_event()  # usually the whole head is here already: no timer
+            if event is h11.NEED_DATA:
+                event = await self._read_head()
             if client.consumed() - mark > limits.max_header_bytes:
                 self._enforce("max_header_bytes")
                 await self._send_error(431)
                 return None
         except ClientTimeout as exc:
             self._enforce(exc.limit)
-            if client.h11.their_state is h11.IDLE and not client.has_buffered_bytes() and first:
+            if not client.request_started and first:
                 return None  # said nothing at all: close quietly
             await self._send_error(408)
             return None
@@ -137,7 +127,7 @@ class Downstream:
             await self._protocol_error(exc)
             return None
         if isinstance(event, h11.Request):
-            problem = raw_head_problem(client.raw_head())
+            problem = None if client.head_was_fast else raw_head_problem(client.raw_head())
             if problem is not None:
                 self._enforce(problem[1])
                 await self._send_error(problem[0])
@@ -145,11 +135,20 @@ class Downstream:
             return event
         return None  # ConnectionClosed between requests
 
+    async def _read_head(self) -> object:
+        # The whole head must arrive within request_header_timeout (from its first byte on
+        # keep-alive connections): a byte every few seconds (slowloris) does not reset it.
+        deadline = deadline_after(self.limits.request_header_timeout)
+        with trio.CancelScope(deadline=deadline):
+            return await self.client.next_event(max_wait=0, limit="request_header_timeout")
+        raise ClientTimeout("request_header_timeout")
+
     async def _wait_idle(self) -> int:
         shared = self.listener.shared
         if shared.draining:
             return 0
-        with trio.move_on_after(self.limits.keepalive_timeout) as scope:
+        deadline = trio.current_time() + self.limits.keepalive_timeout  # (move_on_after costs more)
+        with trio.CancelScope(deadline=deadline) as scope:
             shared.idle_scopes.add(scope)  # a drain cancels it: idle connections close at once
             try:
                 return await self.client.receive(max_wait=0, limit="keepalive_timeout")
@@ -174,11 +173,11 @@ class Downstream:
     async def _send_error(self, status: int) -> None:
         """A locally generated error; keep-alive survives only when the request was fully read."""
         client = self.client
-        if client.h11.our_state not in (h11.IDLE, h11.SEND_RESPONSE):
+        if not client.can_send_response:
             return
         close = (
             status in _CLOSING_STATUSES
-            or client.h11.their_state is not h11.DONE
+            or not client.request_complete
             or self._close_reason() is not None
         )
         with contextlib.suppress(ClientError, h11.LocalProtocolError):
@@ -192,7 +191,21 @@ class Downstream:
         self.budget.start_request()
         check = listener.health.match(request.target)
         if check is not None:
-            return await self._answer_health(request, check)
+            keep_alive = await self._answer_health(request, check)
+            if listener.access_log.wanted("health"):
+                listener.access_log.request(
+                    client=self.client_ip,
+                    method=request.method,
+                    target=request.target,
+                    status=self.health_status,
+                    bytes_sent=self.client.bytes_sent,
+                    upstream="",
+                    duration=time.monotonic() - started,
+                    listener=listener.name,
+                    kind="health",
+                )
+            self.client.bytes_sent = 0
+            return keep_alive
         counters.requests_total += 1
         self._release_tickets()
         try:
@@ -222,6 +235,7 @@ class Downstream:
             upstream=server,
             duration=time.monotonic() - started,
             listener=listener.name,
+            kind="probe" if self.probe else "request",
         )
         self.client.bytes_sent = 0
         return status != 0 and not self.client.aborted
@@ -256,6 +270,7 @@ class Downstream:
             )
         if not await self._drain_request_body():
             return False
+        self.health_status = answer.status
         close = self._close_reason() is not None
         body = b"" if request.method == b"HEAD" else answer.body
         try:
@@ -294,8 +309,11 @@ class Downstream:
             return False
 
     def _close_reason(self) -> str | None:
-        if self.listener.shared.draining:
+        shared = self.listener.shared
+        if shared.draining:
             return "draining"
+        if shared.retiring:
+            return "retiring"  # a reload replaced this worker: close after this response
         reason = self.budget.close_reason(now=trio.current_time())
         if reason is not None:
             self._enforce(reason)
@@ -307,65 +325,48 @@ class Downstream:
         if rejection:
             await self._send_error(rejection)
             return rejection, ""
-        host = _header(request.headers, b"host")
+        fields = list(request.headers)  # h11's Headers is slow to iterate: once only
+        host = header(fields, b"host")
         route = self.listener.router.match(host=host, path=request.target)
         if route is None:
             if await self._drain_request_body():
                 await self._send_error(404)
             return 404, ""
         group = self.listener.upstreams[route.upstream]
-        framing, has_body = _body_framing(request.headers)
+        framing, has_body = body_framing(fields)
         if framing and framing[0][0] == b"transfer-encoding":
-            problem = chunked_body_problem(bytes(self.client.h11.trailing_data[0]))
+            problem = chunked_body_problem(self.client.buffered())
             if problem is not None:
                 self._enforce(problem[1])
                 await self._send_error(problem[0])
                 return problem[0], ""
         if not has_body and not await self._drain_request_body():
             return 0, ""  # (h11 already holds the EndOfMessage: this returns at once)
-        headers = prepare_request_headers(
-            request.headers,
+        headers = upstream_headers(
+            fields,
             client_ip=self.client_ip,
             scheme=self.scheme.decode(),
             host=host,
+            framing=framing,
+            default_host=route.upstream.encode(),
         )
-        # Framing is re-derived (h11 validated the client's); Expect is answered by us.
-        headers = [(n, v) for n, v in headers if n not in (b"expect", b"content-length")]
-        headers.extend(framing)
-        if host is None:  # HTTP/1.0 without Host: like nginx's default $proxy_host
-            headers.append((b"host", route.upstream.encode()))
         hook = None
         guard = self.listener.guard
         if guard is not None:
-            user_agent = _header(request.headers, b"user-agent")
-            is_probe = self.probe or self.listener.probes.is_probe_agent(user_agent)
-            pin = guard.request_cookie_for(
-                client=self.client_ip,
-                request_headers=request.headers,
-                is_probe=is_probe,
-                method=request.method,
-                now=trio.current_time(),
+            user_agent = header(fields, b"user-agent")
+            headers, hook = apply_guard(
+                guard,
+                headers,
+                request=request,
+                fields=fields,
+                client_ip=self.client_ip,
+                is_probe=self.probe or self.listener.probes.is_probe_agent(user_agent),
+                listener=self.listener.name,
                 scope=group.name,
             )
-            if pin is not None:
-                headers = add_cookie(headers, pin)
-
-            def hook(response_headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
-                action = guard.on_response(
-                    request_headers=request.headers,
-                    response_headers=response_headers,
-                    path=request.target,
-                    client=self.client_ip,
-                    is_probe=is_probe,
-                    method=request.method,
-                    now=trio.current_time(),
-                    listener=self.listener.name,
-                    scope=group.name,
-                )
-                return action.apply(response_headers)
-
+        # Every value was validated already (parsed from the client, or made by core.headers).
         upstream_request = h11.Request(
-            method=request.method, target=request.target, headers=headers
+            method=request.method, target=request.target, headers=headers, _parsed=True
         )
         close = self._close_reason() is not None
         exchange = Exchange(
@@ -410,28 +411,8 @@ class Downstream:
         if len(request.headers) > self.limits.max_headers:
             self._enforce("max_headers")
             return 431
-        length = _header(request.headers, b"content-length")
+        length = header(request.headers, b"content-length")
         if length is not None and length.isdigit() and int(length) > self.limits.max_body_bytes:
             self._enforce("max_body_bytes")
             return 413
         return 0
-
-
-def _header(headers: Iterable[tuple[bytes, bytes]], name: bytes) -> bytes | None:
-    for n, v in headers:
-        if n == name:
-            return v
-    return None
-
-
-def _body_framing(
-    headers: Iterable[tuple[bytes, bytes]],
-) -> tuple[list[tuple[bytes, bytes]], bool]:
-    """The framing header to send upstream (h11 already validated the client's)."""
-    for n, _v in headers:
-        if n == b"transfer-encoding":
-            return [(b"transfer-encoding", b"chunked")], True
-    length = _header(headers, b"content-length")
-    if length is not None:
-        return [(b"content-length", b"%d" % int(length))], int(length) != 0
-    return [], False

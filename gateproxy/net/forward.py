@@ -48,6 +48,7 @@ from gateproxy.net.upstream import (
 )
 
 Headers = list[tuple[bytes, bytes]]
+FLUSH_SIZE = 64 * 1024  # queued response bytes that are sent without waiting for more
 
 
 @dataclass(slots=True)
@@ -186,15 +187,29 @@ class Exchange:
         if self.close_client:
             headers.append((b"connection", b"close"))
         self.outcome.status = response.status_code
-        await self.client.send(
-            h11.Response(status_code=response.status_code, headers=headers, reason=response.reason)
+        client = self.client
+        client.queue(
+            h11.Response(
+                status_code=response.status_code,
+                headers=headers,
+                reason=response.reason,
+                _parsed=True,  # parsed from the upstream, rewritten by core.headers
+            )
         )
+        # Whatever is already buffered leaves in one write (one TLS record, one syscall); the
+        # client is flushed before every wait on the upstream, so streaming is never delayed.
         while True:
-            event = await conn.next_event(max_wait=read_timeout)
-            if isinstance(event, h11.Data):
-                await self.client.send(h11.Data(data=event.data))
-            elif isinstance(event, h11.EndOfMessage):
-                await self.client.send(h11.EndOfMessage())
+            event = conn.poll_event()
+            if event is h11.NEED_DATA:
+                await client.flush()
+                event = await conn.next_event(max_wait=read_timeout)
+            if type(event) is h11.Data:
+                client.queue(event)
+                if client.queued >= FLUSH_SIZE:
+                    await client.flush()
+            elif type(event) is h11.EndOfMessage:
+                client.queue(event)
+                await client.flush()
                 return
             else:
                 raise UpstreamProtocolError(conn.server, f"unexpected {type(event).__name__}")

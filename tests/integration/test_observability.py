@@ -66,6 +66,33 @@ async def test_access_log_has_one_json_line_per_request_and_none_for_health_chec
     assert {"time", "duration_s"} <= set(first)
 
 
+async def test_health_and_probe_requests_are_logged_only_when_sampled_to_a_relative_path(
+    tmp_path: Path, ca: trustme.CA, server_cert: CertPaths
+) -> None:
+    async with RecordingUpstream() as up:
+        listener = tls_listener(
+            cert=server_cert.cert,
+            key=server_cert.key,
+            health_checks=[{"path": "/healthz"}],
+            probe_clients=["127.0.0.1/32"],
+        )
+        config = proxy_config(
+            [listener],
+            {"app": {"servers": [up.address]}},
+            access_log={"path": "logs/access.log", "health_sample_rate": 1.0},
+        )
+        (tmp_path / "logs").mkdir()
+        async with running_proxy(config, base_dir=tmp_path) as daemon:
+            await https_exchange(
+                address(daemon), [Request(path="/healthz"), Request(path="/a")], ca=ca
+            )
+    lines = [json.loads(line) for line in (tmp_path / "logs/access.log").read_text().splitlines()]
+    assert [(entry["kind"], entry["path"], entry["status"]) for entry in lines] == [
+        ("health", "/healthz", 200),
+        ("probe", "/a", 200),
+    ]
+
+
 async def test_stats_and_metrics_over_http(ca: trustme.CA, server_cert: CertPaths) -> None:
     async with RecordingUpstream() as up:
         config = proxy_config(
