@@ -27,6 +27,7 @@ import math
 import signal
 import socket
 from collections.abc import Callable, Mapping, Sequence
+from functools import partial
 from pathlib import Path
 
 import trio
@@ -36,7 +37,7 @@ from gateproxy.core.metrics import build_stats
 from gateproxy.core.ticket_keys import TicketKey
 from gateproxy.logs import AccessLog, event
 from gateproxy.net.admin import open_admin_listeners, serve_admin
-from gateproxy.net.listener import bound_address, open_listeners, serve_listener
+from gateproxy.net.listener import bound_address, open_listeners, serve_listener, trio_listener
 from gateproxy.net.probes import run_health_checks
 from gateproxy.net.procinfo import process_info
 from gateproxy.net.runtime import (
@@ -79,7 +80,6 @@ class Daemon:
         self._runtime: Runtime | None = None
         self.addresses: dict[str, tuple[str, int]] = {}
         self.admin_address: tuple[str, int] | None = None
-        self._refs: dict[str, list[ListenerRuntime]] = {}
         self._stop = trio.Event()
         self._drain_requested = False
         self._cut_short = False
@@ -157,11 +157,11 @@ class Daemon:
 
     async def _start_services(self, services: trio.Nursery, connections: trio.Nursery) -> None:
         for listener in self.runtime.listeners:
-            sockets = await self._listen(listener)
+            sockets = self._listen(listener)
             self.addresses[listener.name] = bound_address(sockets)
-            ref = [listener]
-            self._refs[listener.name] = ref
-            services.start_soon(_serve, ref, sockets, connections)
+            services.start_soon(
+                partial(serve_listener, listener, sockets, handler_nursery=connections)
+            )
         if self.config.admin is not None and self.role != "worker":
             admin_sockets = await open_admin_listeners(self.config.admin.bind)
             self.admin_address = bound_address(admin_sockets)
@@ -169,12 +169,11 @@ class Daemon:
         services.start_soon(self._timers)
         services.start_soon(run_health_checks, self.runtime.upstreams)
 
-    async def _listen(self, listener: ListenerRuntime) -> list[trio.SocketListener]:
+    def _listen(self, listener: ListenerRuntime) -> list[trio.SocketListener]:
         inherited = self._inherited.get(listener.name)
         if inherited is None:
-            return await open_listeners(listener.config.bind)
-        inherited.setblocking(False)
-        return [trio.SocketListener(trio.socket.from_stdlib_socket(inherited))]
+            return open_listeners(listener.config.bind)
+        return [trio_listener(inherited)]
 
     def _drain(self, connections: trio.Nursery) -> None:
         if not self.shared.draining:
@@ -308,12 +307,6 @@ def _keep_unchanged(old: Sequence[TicketKey], new: list[TicketKey]) -> list[Tick
     """``new`` with every key already in ``old`` (same name and material) kept as it was."""
     known = {(k.name, k.aes_key, k.hmac_key): k for k in old}
     return [known.get((k.name, k.aes_key, k.hmac_key), k) for k in new]
-
-
-async def _serve(
-    ref: list[ListenerRuntime], sockets: list[trio.SocketListener], connections: trio.Nursery
-) -> None:
-    await serve_listener(ref, sockets, handler_nursery=connections)
 
 
 async def _serve_admin_task(

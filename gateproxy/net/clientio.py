@@ -168,7 +168,8 @@ class ClientSide:
     def must_wait_for_data(self) -> bool:
         """Nothing buffered and the client has not closed: the next request needs a read."""
         if self._h11 is not None:
-            return self._h11.next_event() is h11.NEED_DATA
+            buffered, closed = self._h11.trailing_data  # (looking must not consume an event)
+            return not buffered and not closed
         return not self._buf and not self._eof
 
     def buffered(self) -> bytes:

@@ -76,7 +76,6 @@ class Downstream:
         self.scheme = b"https" if ssl_object is not None else b"http"
         self.tickets_released = False
         self.health_requests = 0
-        self.health_status = 0  # the last health answer's status (for the sampled access log)
 
     async def serve(self) -> None:
         """Serve requests until the client leaves or a limit closes the connection."""
@@ -191,19 +190,18 @@ class Downstream:
         self.budget.start_request()
         check = listener.health.match(request.target)
         if check is not None:
-            keep_alive = await self._answer_health(request, check)
-            if listener.access_log.wanted("health"):
-                listener.access_log.request(
-                    client=self.client_ip,
-                    method=request.method,
-                    target=request.target,
-                    status=self.health_status,
-                    bytes_sent=self.client.bytes_sent,
-                    upstream="",
-                    duration=time.monotonic() - started,
-                    listener=listener.name,
-                    kind="health",
-                )
+            keep_alive, status = await self._answer_health(request, check)
+            listener.access_log.request(  # sampled: health lines are rarely written
+                client=self.client_ip,
+                method=request.method,
+                target=request.target,
+                status=status,
+                bytes_sent=self.client.bytes_sent,
+                upstream="",
+                duration=time.monotonic() - started,
+                listener=listener.name,
+                kind="health",
+            )
             self.client.bytes_sent = 0
             return keep_alive
         counters.requests_total += 1
@@ -251,7 +249,10 @@ class Downstream:
         if engine is not None and self.ssl_object is not None and not self.probe:
             engine.send_deferred_tickets(self.ssl_object)
 
-    async def _answer_health(self, request: h11.Request, check: HealthCheckConfig) -> bool:
+    async def _answer_health(
+        self, request: h11.Request, check: HealthCheckConfig
+    ) -> tuple[bool, int]:
+        """Answer a health check ourselves: (keep the connection, status sent; 0 if none)."""
         self.health_requests += 1
         self.listener.counters.health_checks += 1
         group = self.listener.upstreams.get(check.upstream) if check.upstream else None
@@ -269,8 +270,7 @@ class Downstream:
                 draining=draining,
             )
         if not await self._drain_request_body():
-            return False
-        self.health_status = answer.status
+            return False, 0
         close = self._close_reason() is not None
         body = b"" if request.method == b"HEAD" else answer.body
         try:
@@ -285,8 +285,8 @@ class Downstream:
                 self.client.queue(h11.Data(data=body))
             await self.client.send(h11.EndOfMessage())
         except ClientError:
-            return False
-        return not close
+            return False, 0
+        return not close, answer.status
 
     async def _drain_request_body(self) -> bool:
         """Read and drop a (small) request body of a locally answered request."""

@@ -116,6 +116,13 @@ def _bind_listen(sock: socket.socket, address: tuple[str, int], bind: str) -> so
     return sock
 
 
+def listening_socket(bind: str, *, reuse_port: bool) -> socket.socket:
+    """A stdlib socket bound to ``bind`` (``host:port``, IPv6 as ``[::1]:8443``) and listening;
+    ListenError names the address if that fails. Also what a single ``Daemon`` listens on."""
+    host, port = split_hostport(bind)
+    return _bind_listen(_new_socket(_family(host), reuse_port=reuse_port), (host, port), bind)
+
+
 def _open_first(bind: str, *, ours: set[int]) -> socket.socket:
     host, port = split_hostport(bind)
     family = _family(host)
@@ -128,7 +135,7 @@ def _open_first(bind: str, *, ours: set[int]) -> socket.socket:
             raise ListenError(f"cannot listen on {bind}: {exc.strerror or exc}") from exc
         finally:
             probe.close()
-    return _bind_listen(_new_socket(family, reuse_port=True), (host, port), bind)
+    return listening_socket(bind, reuse_port=True)
 
 
 def _open_more(first: socket.socket) -> socket.socket:

@@ -14,29 +14,21 @@ import traceback
 
 import trio
 
-from gateproxy.core.config import split_hostport
 from gateproxy.logs import event
 from gateproxy.net.connection import handle_connection
+from gateproxy.net.listen_slots import listening_socket
 from gateproxy.net.runtime import ListenerRuntime
 
 
-async def open_listeners(bind: str, *, reuse_port: bool = False) -> list[trio.SocketListener]:
-    """Bind and listen on ``host:port``; IPv6 as ``[::1]:8443``."""
-    host, port = split_hostport(bind)
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = trio.socket.socket(family, socket.SOCK_STREAM)
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        if reuse_port:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        if family == socket.AF_INET6:
-            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-        await sock.bind((host, port))
-        sock.listen(1024)
-    except OSError:
-        sock.close()
-        raise
-    return [trio.SocketListener(sock)]
+def open_listeners(bind: str) -> list[trio.SocketListener]:
+    """Bind and listen on ``host:port`` (IPv6 as ``[::1]:8443``); port 0 picks a free port."""
+    return [trio_listener(listening_socket(bind, reuse_port=False))]
+
+
+def trio_listener(sock: socket.socket) -> trio.SocketListener:
+    """A listening stdlib socket (bound here, or inherited from the supervisor) for trio."""
+    sock.setblocking(False)
+    return trio.SocketListener(trio.socket.from_stdlib_socket(sock))
 
 
 def bound_address(listeners: list[trio.SocketListener]) -> tuple[str, int]:
@@ -46,15 +38,14 @@ def bound_address(listeners: list[trio.SocketListener]) -> tuple[str, int]:
 
 
 async def serve_listener(
-    runtime_ref: list[ListenerRuntime],
-    listeners: list[trio.SocketListener],
+    listener: ListenerRuntime,
+    sockets: list[trio.SocketListener],
     *,
     handler_nursery: trio.Nursery,
 ) -> None:
-    """Accept forever; ``runtime_ref[0]`` is read per connection so a reload swaps it."""
+    """Accept forever (a reload starts new worker processes: nothing here is swapped)."""
 
     async def handler(stream: trio.SocketStream) -> None:
-        listener = runtime_ref[0]
         try:
             await handle_connection(listener, stream)
         except Exception as exc:  # contained: one connection's bug never stops the proxy
@@ -66,4 +57,4 @@ async def serve_listener(
             )
             await trio.aclose_forcefully(stream)
 
-    await trio.serve_listeners(handler, listeners, handler_nursery=handler_nursery)
+    await trio.serve_listeners(handler, sockets, handler_nursery=handler_nursery)
