@@ -87,12 +87,17 @@ class Supervised:
 
 @asynccontextmanager
 async def supervised(config: dict[str, Any], tmp_path: Path) -> AsyncIterator[Supervised]:
-    """Write ``config`` (JSON is YAML) and run ``gateproxy run`` on it until the block ends.
-
-    On exit the process gets SIGTERM and must exit 0 within 15 s.
-    """
+    """Write ``config`` (JSON is YAML) and run ``gateproxy run`` on it until the block ends."""
     path = tmp_path / "gateproxy.yaml"
     path.write_text(json.dumps(config))
+    async with supervised_file(path) as proxy:
+        yield proxy
+
+
+@asynccontextmanager
+async def supervised_file(path: Path) -> AsyncIterator[Supervised]:
+    """Run ``gateproxy run -c path`` until the block ends; then SIGTERM, and it must exit 0
+    within 15 s."""
     async with trio.open_nursery() as nursery:
         process: trio.Process = await nursery.start(
             partial(

@@ -7,12 +7,7 @@ from __future__ import annotations
 
 import json
 import signal
-import subprocess
 import sys
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -21,41 +16,11 @@ import trustme
 
 from tests.conftest import CertPaths
 from tests.helpers.clients import Response, https_request
+from tests.helpers.supervised import Supervised, supervised_file
 from tests.helpers.tls_sessions import session_of
 from tests.helpers.upstreams import RecordingUpstream
 
 LISTENERS = {"ng": "nginx", "hap": "haproxy"}
-
-
-@dataclass
-class Proxy:
-    """A ``gateproxy run`` child process and its stderr event lines."""
-
-    process: trio.Process
-    ports: dict[str, int]
-    buffer: bytearray = field(default_factory=bytearray)
-
-    def address(self, listener: str) -> str:
-        return f"127.0.0.1:{self.ports[listener]}"
-
-    async def read_event(self, name: str) -> dict[str, Any]:
-        return await _read_event(self.process, name, self.buffer)
-
-
-async def _read_event(process: trio.Process, name: str, buffer: bytearray) -> dict[str, Any]:
-    """Read JSON event lines from the daemon's stderr until the named one."""
-    assert process.stderr is not None
-    with trio.fail_after(20):
-        while True:
-            while b"\n" in buffer:
-                line, _, rest = bytes(buffer).partition(b"\n")
-                buffer[:] = rest
-                if line.startswith(b"{") and json.loads(line).get("event") == name:
-                    return dict(json.loads(line))
-            chunk = await process.stderr.receive_some(4096)
-            if not chunk:
-                raise AssertionError(f"gateproxy exited before '{name}': {bytes(buffer)!r}")
-            buffer += chunk
 
 
 def _write_config(tmp: Path, name: str, cert: CertPaths, upstream: str) -> Path:
@@ -84,28 +49,6 @@ def _write_config(tmp: Path, name: str, cert: CertPaths, upstream: str) -> Path:
     return path
 
 
-@asynccontextmanager
-async def _gateproxy(config: Path) -> AsyncIterator[Proxy]:
-    async with trio.open_nursery() as nursery:
-        process: trio.Process = await nursery.start(
-            partial(
-                trio.run_process,
-                [sys.executable, "-m", "gateproxy", "run", "-c", str(config)],
-                stderr=subprocess.PIPE,
-                check=False,
-            )
-        )
-        buffer = bytearray()
-        started = await _read_event(process, "started", buffer)
-        ports = {name: int(addr[1]) for name, addr in started["listeners"].items()}
-        try:
-            yield Proxy(process, ports, buffer)
-        finally:
-            process.send_signal(signal.SIGTERM)
-            with trio.fail_after(10):
-                await process.wait()
-
-
 async def _keys_new(fmt: str, out: Path) -> None:
     await trio.run_process(
         [sys.executable, "-m", "gateproxy", "keys", "new", "--format", fmt, "--out", str(out)],
@@ -113,7 +56,9 @@ async def _keys_new(fmt: str, out: Path) -> None:
     )
 
 
-async def _get(proxy: Proxy, listener: str, ca: trustme.CA, version: str, **kw: Any) -> Response:
+async def _get(
+    proxy: Supervised, listener: str, ca: trustme.CA, version: str, **kw: Any
+) -> Response:
     resp = await https_request(proxy.address(listener), ca=ca, tls_version=version, **kw)
     assert resp.status == 200
     return resp
@@ -127,8 +72,8 @@ async def test_two_processes_sharing_key_files_resume_each_others_sessions(
     async with RecordingUpstream() as up:
         config_a = _write_config(tmp_path, "a", server_cert, up.address)
         config_b = _write_config(tmp_path, "b", server_cert, up.address)
-        async with _gateproxy(config_a) as a, _gateproxy(config_b) as b:
-            assert a.ports != b.ports
+        async with supervised_file(config_a) as a, supervised_file(config_b) as b:
+            assert a.address("ng") != b.address("ng")
             outcomes = {}
             with trio.fail_after(20):
                 for listener in LISTENERS:
@@ -153,7 +98,7 @@ async def test_sighup_rereads_the_key_files(
     async with RecordingUpstream() as up:
         config_a = _write_config(tmp_path, "a", server_cert, up.address)
         config_b = _write_config(tmp_path, "b", server_cert, up.address)
-        async with _gateproxy(config_a) as a, _gateproxy(config_b) as b:
+        async with supervised_file(config_a) as a, supervised_file(config_b) as b:
             with trio.fail_after(20):
                 before = await _get(a, "ng", ca, "TLSv1.3")
                 assert (
@@ -163,7 +108,7 @@ async def test_sighup_rereads_the_key_files(
                 await _keys_new("nginx", tmp_path / "new.key")
                 (tmp_path / "new.key").rename(tmp_path / "ng.key")
                 b.process.send_signal(signal.SIGHUP)
-                reloaded = await b.read_event("reloaded")  # a new generation read the files
+                reloaded = await b.wait_event("reloaded")  # a new generation read the files
 
                 # B forgot the old key: A's old ticket gets a full handshake on B ...
                 stale = await _get(b, "ng", ca, "TLSv1.3", session=session_of(before))
@@ -174,7 +119,7 @@ async def test_sighup_rereads_the_key_files(
                 # A broken file on the next SIGHUP: B logs it and keeps the keys it has.
                 (tmp_path / "ng.key").write_bytes(b"short")
                 b.process.send_signal(signal.SIGHUP)
-                failed = await b.read_event("reload_failed")
+                failed = await b.wait_event("reload_failed")
                 kept = await _get(b, "ng", ca, "TLSv1.3", session=session_of(again))
             assert b.process.returncode is None  # SIGHUP did not stop it
     assert (stale.session_reused, on_a.session_reused, again.session_reused) == (
