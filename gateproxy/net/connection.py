@@ -16,6 +16,7 @@ import trio
 from gateproxy.core.limits import Rejected
 from gateproxy.net.downstream import Downstream
 from gateproxy.net.runtime import ListenerRuntime
+from gateproxy.net.tls_stream import ServerTLSStream
 
 
 async def handle_connection(listener: ListenerRuntime, stream: trio.SocketStream) -> None:
@@ -49,7 +50,7 @@ async def _serve_admitted(
         if tls_stream is None:
             return
         conn_stream = tls_stream
-        ssl_object = tls_stream._ssl_object
+        ssl_object = tls_stream.ssl_object
     downstream = Downstream(
         listener, conn_stream, client_ip=client_ip, probe=probe, ssl_object=ssl_object
     )
@@ -61,15 +62,15 @@ async def _serve_admitted(
 
 async def _handshake(
     listener: ListenerRuntime, stream: trio.SocketStream, *, client_ip: str, probe: bool
-) -> trio.SSLStream[trio.SocketStream] | None:
+) -> ServerTLSStream | None:
     assert listener.config.tls is not None and listener.main_context is not None
     context = listener.probe_context if probe and listener.probe_context else listener.main_context
-    # https_compatible=False: aclose() sends close_notify (without waiting for the peer's), so
-    # a complete response is told apart from a cut one and OpenSSL keeps the TLS 1.2 session.
-    tls_stream = trio.SSLStream(stream, context, server_side=True, https_compatible=False)
+    # aclose() sends close_notify (without waiting for the peer's), so a complete response is
+    # told apart from a cut one and OpenSSL keeps the TLS 1.2 session.
+    tls_stream = ServerTLSStream(stream, context)
     engine = listener.engine
     if engine is not None and not probe:
-        engine.register_connection(tls_stream._ssl_object, client=client_ip)
+        engine.register_connection(tls_stream.ssl_object, client=client_ip)
     counters = listener.counters
     with trio.move_on_after(listener.config.tls.handshake_timeout):
         try:
@@ -77,14 +78,14 @@ async def _handshake(
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
             pass
         else:
-            if tls_stream._ssl_object.session_reused:
+            if tls_stream.ssl_object.session_reused:
                 counters.handshakes_resumed += 1
             else:
                 counters.handshakes_full += 1
             return tls_stream
     counters.handshakes_failed += 1
     if engine is not None and not probe:
-        engine.unregister_connection(tls_stream._ssl_object)
+        engine.unregister_connection(tls_stream.ssl_object)
     await trio.aclose_forcefully(stream)
     return None
 

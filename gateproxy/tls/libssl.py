@@ -419,7 +419,7 @@ def validate_ctx_pointer(lib: LibSSL, ctx: ssl.SSLContext) -> int:
 
 
 def ssl_pointer(ssl_object: ssl.SSLObject) -> int:
-    """The validated ``SSL*`` of an ``ssl.SSLObject`` (trio: ``stream._ssl_object``)."""
+    """The validated ``SSL*`` of an ``ssl.SSLObject`` (``ServerTLSStream.ssl_object``)."""
     return ssl_pointer_checked(get_libssl(), ssl_object)
 
 
