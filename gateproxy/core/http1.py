@@ -17,17 +17,23 @@ what h11 accepts, and never anything ``request_rules.raw_head_problem`` would re
 * responses: status 200-599, HTTP/1.0 or 1.1, no Transfer-Encoding, at most one Content-Length
   of plain digits; a body-bearing status needs one (read-until-close is left to h11).
 
-Parsed heads are returned as h11 events built with h11's own "already parsed" constructor, so
-the rest of gateproxy sees exactly what h11 would have produced (lowercased names).
+Parsed heads are returned as h11 events, so the rest of gateproxy sees exactly what h11 would
+have produced (lowercased names). Their headers are :class:`FastHeaders`: h11's own ``Headers``,
+iterated as a list instead of through ``Sequence.__iter__`` (one ``__getitem__`` call per field;
+the hot path iterates each message's fields several times). ``fast_headers`` also builds the
+headers of the messages gateproxy forwards, whose fields were validated when they were parsed
+or made by ``core.headers``.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Final, Literal
 
 import h11
+from h11._headers import Headers as H11Headers
 
 MORE: Final = "more"  # the head is not complete yet (and not over its size limit)
 UNUSUAL: Final = "unusual"  # not for the fast path: let h11 parse these bytes
@@ -47,6 +53,21 @@ _STATEFUL_REQUEST_HEADERS = frozenset(
 _NO_BODY_STATUSES = frozenset({204, 304})
 
 Headers = list[tuple[bytes, bytes]]
+
+
+class FastHeaders(H11Headers):
+    """h11's ``Headers`` with a list iterator (same items, same order, same equality)."""
+
+    __slots__ = ()
+
+    def __iter__(self) -> Iterator[tuple[bytes, bytes]]:
+        return iter([(name, value) for _, name, value in self._full_items])
+
+
+def fast_headers(fields: Iterable[tuple[bytes, bytes]]) -> FastHeaders:
+    """Already valid fields as h11 headers (names lowercased, raw names kept), skipping h11's
+    re-validation: only for fields that were parsed strictly or made by gateproxy."""
+    return FastHeaders([(name, name.lower(), value) for name, value in fields])
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,7 +123,9 @@ def parse_request_head(
     headers = _fields(lines[1:])
     if headers is None or not _plain_request_headers(headers):
         return UNUSUAL
-    request = h11.Request(method=line.group(1), target=line.group(2), headers=headers, _parsed=True)
+    request = h11.Request(
+        method=line.group(1), target=line.group(2), headers=fast_headers(headers), _parsed=True
+    )
     return request, end
 
 
@@ -152,7 +175,7 @@ def parse_response_head(
         return UNUSUAL  # read-until-close framing: h11's job
     response = h11.Response(
         status_code=status,
-        headers=headers,
+        headers=fast_headers(headers),
         reason=line.group(3) or b"",
         http_version=b"1." + line.group(1),
         _parsed=True,

@@ -25,6 +25,7 @@ import trio
 
 from gateproxy.core.config import HealthCheckConfig
 from gateproxy.core.health import answer_health, health_precheck
+from gateproxy.core.http1 import fast_headers
 from gateproxy.core.limits import ConnectionBudget
 from gateproxy.core.request_rules import chunked_body_problem, raw_head_problem, reject_reason
 from gateproxy.errors import (
@@ -366,7 +367,10 @@ class Downstream:
             )
         # Every value was validated already (parsed from the client, or made by core.headers).
         upstream_request = h11.Request(
-            method=request.method, target=request.target, headers=headers, _parsed=True
+            method=request.method,
+            target=request.target,
+            headers=fast_headers(headers),
+            _parsed=True,
         )
         close = self._close_reason() is not None
         exchange = Exchange(

@@ -32,6 +32,7 @@ import trio
 
 from gateproxy.core.config import LimitsConfig
 from gateproxy.core.headers import prepare_response_headers
+from gateproxy.core.http1 import fast_headers
 from gateproxy.errors import (
     ClientBodyTooLarge,
     ClientError,
@@ -191,18 +192,21 @@ class Exchange:
         client.queue(
             h11.Response(
                 status_code=response.status_code,
-                headers=headers,
+                headers=fast_headers(headers),  # from the upstream, rewritten by core.headers
                 reason=response.reason,
-                _parsed=True,  # parsed from the upstream, rewritten by core.headers
+                _parsed=True,
             )
         )
-        # Whatever is already buffered leaves in one write (one TLS record, one syscall); the
-        # client is flushed before every wait on the upstream, so streaming is never delayed.
+        # Whatever the upstream has already sent leaves in one write (one TLS record run, one
+        # syscall); the client is flushed before every wait on the upstream, so streaming is
+        # never delayed.
         while True:
             event = conn.poll_event()
             if event is h11.NEED_DATA:
+                if conn.receive_ready():
+                    continue
                 await client.flush()
-                event = await conn.next_event(max_wait=read_timeout)
+                event = await conn.next_event(max_wait=read_timeout, wait_first=True)
             if type(event) is h11.Data:
                 client.queue(event)
                 if client.queued >= FLUSH_SIZE:
@@ -217,9 +221,11 @@ class Exchange:
     async def _response_head(self, conn: UpstreamConnection) -> h11.Response:
         head_wait = math.inf if self.has_body else self.group.config.read_timeout
         with self._head_scope:
+            wait_first = True  # the request has just left: no answer can be there yet
             while True:
                 mark = conn.consumed()
-                event = await conn.next_event(max_wait=head_wait)
+                event = await conn.next_event(max_wait=head_wait, wait_first=wait_first)
+                wait_first = False
                 if conn.consumed() - mark > MAX_UPSTREAM_HEADER_BYTES:
                     raise UpstreamProtocolError(
                         conn.server,

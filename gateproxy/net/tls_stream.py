@@ -9,6 +9,8 @@ reader and one writer, both in the connection's task, so this stream runs the sa
 
 So that a connection whose peer always has data ready cannot hold the event loop (or miss its
 timeout), every ``CHECKPOINT_EVERY``-th operation that did not wait passes through the scheduler.
+After this side has sent something, the peer's answer cannot be there yet: the next read waits
+for readiness first instead of trying (and failing) first.
 
 Semantics match ``trio.SSLStream(..., https_compatible=False)``: a peer's close_notify reads as
 ``b""``, a TCP EOF without it (or any TLS error) raises ``trio.BrokenResourceError``, and
@@ -35,6 +37,7 @@ class ServerTLSStream(trio.abc.Stream):
         "_fd",
         "_incoming",
         "_outgoing",
+        "_sent",
         "_unyielded",
         "ssl_object",
         "transport_stream",
@@ -47,6 +50,7 @@ class ServerTLSStream(trio.abc.Stream):
         self._outgoing = ssl.MemoryBIO()
         self.ssl_object = context.wrap_bio(self._incoming, self._outgoing, server_side=True)
         self._closed = False
+        self._sent = False  # sent since the last read: the next read waits first
         self._unyielded = 0
 
     # --- the TLS operations ----------------------------------------------------------------
@@ -69,8 +73,13 @@ class ServerTLSStream(trio.abc.Stream):
         """Plaintext, at most ``max_bytes``; ``b""`` once the peer sent close_notify."""
         if self._closed:
             raise trio.ClosedResourceError("the TLS stream was closed")
+        if max_bytes is not None and max_bytes < 1:
+            raise ValueError(f"max_bytes must be at least 1, not {max_bytes}")
         size = max_bytes or RECORD_READ
         while True:
+            incoming = self._incoming
+            if not incoming.pending and not incoming.eof and not self.ssl_object.pending():
+                await self._fill()  # nothing to decrypt: skip OpenSSL's SSLWantReadError
             try:
                 data = self.ssl_object.read(size)
             except ssl.SSLWantReadError:
@@ -84,6 +93,7 @@ class ServerTLSStream(trio.abc.Stream):
                 raise trio.BrokenResourceError(f"TLS error: {exc}") from exc
             if self._outgoing.pending:
                 await self._flush()
+            await self._maybe_yield()  # also when served from records already buffered
             return data
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
@@ -122,6 +132,10 @@ class ServerTLSStream(trio.abc.Stream):
 
     async def _fill(self) -> None:
         """Read ciphertext into the incoming BIO (EOF is written to it as such)."""
+        if self._sent:
+            self._sent = False
+            self._unyielded = 0
+            await trio.lowlevel.wait_readable(self._fd)
         while True:
             try:
                 data = os.read(self._fd, RECORD_READ)
@@ -136,7 +150,6 @@ class ServerTLSStream(trio.abc.Stream):
             self._incoming.write(data)
         else:
             self._incoming.write_eof()
-        await self._maybe_yield()
 
     async def _flush(self) -> None:
         """Send every pending ciphertext byte."""
@@ -154,6 +167,7 @@ class ServerTLSStream(trio.abc.Stream):
             except OSError as exc:
                 raise trio.BrokenResourceError(f"connection lost: {exc}") from exc
             view = view[sent:]
+        self._sent = True
         await self._maybe_yield()
 
     async def _flush_quietly(self) -> None:

@@ -180,24 +180,40 @@ class UpstreamConnection:
         self._body_left -= len(data)
         return h11.Data(data=data)
 
-    async def next_event(self, *, max_wait: float) -> h11.Event:
-        """The next h11 event from the server; ``max_wait`` bounds each read (nginx semantics)."""
+    async def next_event(self, *, max_wait: float, wait_first: bool = False) -> h11.Event:
+        """The next h11 event from the server; ``max_wait`` bounds each read (nginx semantics).
+        ``wait_first``: the caller knows nothing can have arrived yet (a request just left), so
+        the first read waits for readiness instead of trying (and failing) first."""
         while True:
             event = self.poll_event()
             if event is not h11.NEED_DATA:
                 return event  # type: ignore[return-value]  # h11 types NEED_DATA as a sentinel class
-            await self._receive(max_wait=max_wait)
+            self._take(await self._read(max_wait=max_wait, wait_first=wait_first))
+            wait_first = False
 
-    async def _read(self, *, max_wait: float) -> bytes:
+    def receive_ready(self) -> bool:
+        """Take what the server already sent, without waiting; False if nothing was there."""
+        try:
+            data = os.read(self._fd, RECEIVE_SIZE)
+        except BlockingIOError:
+            return False
+        except OSError as exc:
+            raise UpstreamConnectError(self.server, f"connection reset: {exc}") from exc
+        self._take(data)
+        return True
+
+    async def _read(self, *, max_wait: float, wait_first: bool) -> bytes:
         """One read from the socket: at once when data is waiting, else after ``wait_readable``
         under ``max_wait`` (trio's ``receive_some`` would add two scheduler round trips)."""
         scope: trio.CancelScope | None = None
         try:
             while True:
-                try:
-                    return os.read(self._fd, RECEIVE_SIZE)
-                except BlockingIOError:
-                    pass
+                if not wait_first:
+                    try:
+                        return os.read(self._fd, RECEIVE_SIZE)
+                    except BlockingIOError:
+                        pass
+                wait_first = False
                 if scope is None:
                     scope = trio.CancelScope(deadline=deadline_after(max_wait))
                 with scope:
@@ -207,8 +223,8 @@ class UpstreamConnection:
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
             raise UpstreamConnectError(self.server, f"connection reset: {exc}") from exc
 
-    async def _receive(self, *, max_wait: float) -> None:
-        data = await self._read(max_wait=max_wait)
+    def _take(self, data: bytes) -> None:
+        """Feed one read's bytes (``b""``: EOF) to the parser in use."""
         self.bytes_received += len(data)
         if self._h11 is None and self._request is not None:
             if data:

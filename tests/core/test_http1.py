@@ -11,8 +11,10 @@ from hypothesis import strategies as st
 from gateproxy.core.http1 import (
     MORE,
     UNUSUAL,
+    FastHeaders,
     ResponseHead,
     content_length,
+    fast_headers,
     parse_request_head,
     parse_response_head,
     write_request,
@@ -67,6 +69,37 @@ def test_a_plain_get_is_parsed_like_h11() -> None:
         (b"user-agent", b"wrk"),
         (b"accept", b"*/*"),
     ]
+
+
+def test_fast_headers_are_h11_headers_with_the_same_items() -> None:
+    fields = [(b"Host", b"a"), (b"X-Seen", b"1"), (b"x-seen", b"2"), (b"content-length", b"0")]
+    fast = fast_headers(fields)
+    reference = h11.Request(method=b"GET", target=b"/", headers=fields).headers
+    assert (
+        list(fast)
+        == list(reference)
+        == [
+            (b"host", b"a"),
+            (b"x-seen", b"1"),
+            (b"x-seen", b"2"),
+            (b"content-length", b"0"),
+        ]
+    )
+    assert fast == reference and len(fast) == 4 and fast[1] == (b"x-seen", b"1")
+    assert fast.raw_items() == reference.raw_items()  # raw case kept for h11's writer
+    request = h11.Request(method=b"GET", target=b"/", headers=fast, _parsed=True)
+    assert request.headers is fast
+
+
+def test_parsed_heads_carry_fast_headers() -> None:
+    parsed = parse_request_head(PLAIN_GET, max_bytes=MAX)
+    assert not isinstance(parsed, str)
+    assert type(parsed[0].headers) is FastHeaders
+    head = parse_response_head(
+        b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n", request_method=b"GET", max_bytes=MAX
+    )
+    assert isinstance(head, ResponseHead)
+    assert type(head.response.headers) is FastHeaders
 
 
 @pytest.mark.parametrize(
