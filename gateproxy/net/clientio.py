@@ -382,9 +382,8 @@ class ClientSide:
         """Close cleanly (TLS close_notify when TLS), bounded so a stuck peer cannot hold us."""
         if self.aborted:
             return
-        with trio.move_on_after(1) as scope:
-            scope.shield = True
-            with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError, OSError):
-                await self.stream.aclose()
+        quiet = contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError, OSError)
+        with trio.CancelScope(deadline=trio.current_time() + 1, shield=True) as scope, quiet:
+            await self.stream.aclose()
         if scope.cancelled_caught:
             await trio.aclose_forcefully(getattr(self.stream, "transport_stream", self.stream))

@@ -84,7 +84,7 @@ class Exchange:
         self.response_headers_hook = response_headers_hook
         self.outcome = Outcome()
         self._upload_done = not has_body
-        self._head_scope = trio.CancelScope()
+        self._head_scope: trio.CancelScope | None = None  # only an upload needs one
 
     async def run(self) -> Outcome:
         """Forward; raises UpstreamError/ClientError only while nothing reached the client."""
@@ -130,12 +130,12 @@ class Exchange:
     async def _exchange(self, conn: UpstreamConnection) -> None:
         send_timeout = self.group.config.send_timeout
         self.group.counters.requests += 1
-        self._head_scope = trio.CancelScope()  # one per attempt: a scope serves one `with` only
         await conn.send(self.request, max_wait=send_timeout)
         if not self.has_body:
             await conn.send(h11.EndOfMessage(), max_wait=send_timeout)
             await self._relay(conn)
             return
+        self._head_scope = trio.CancelScope()  # one per attempt: a scope serves one `with` only
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._pump, conn)
@@ -170,6 +170,7 @@ class Exchange:
                 except UpstreamError:
                     return
                 self._upload_done = True
+                assert self._head_scope is not None
                 self._head_scope.deadline = trio.current_time() + self.group.config.read_timeout
                 return
             else:  # ConnectionClosed before the body ended
@@ -219,30 +220,34 @@ class Exchange:
                 raise UpstreamProtocolError(conn.server, f"unexpected {type(event).__name__}")
 
     async def _response_head(self, conn: UpstreamConnection) -> h11.Response:
-        head_wait = math.inf if self.has_body else self.group.config.read_timeout
+        if not self.has_body:  # read_timeout bounds each read: no scope of our own needed
+            return await self._read_response_head(conn, self.group.config.read_timeout)
+        # With an upload, read_timeout starts when the upload ends (_pump sets the deadline).
+        assert self._head_scope is not None
         with self._head_scope:
-            wait_first = True  # the request has just left: no answer can be there yet
-            while True:
-                mark = conn.consumed()
-                event = await conn.next_event(max_wait=head_wait, wait_first=wait_first)
-                wait_first = False
-                if conn.consumed() - mark > MAX_UPSTREAM_HEADER_BYTES:
-                    raise UpstreamProtocolError(
-                        conn.server,
-                        f"response head larger than {MAX_UPSTREAM_HEADER_BYTES} bytes",
-                    )
-                if isinstance(event, h11.InformationalResponse):
-                    continue  # 1xx from upstream: our own 100 Continue was already sent
-                if isinstance(event, h11.Response):
-                    if event.status_code == 101:
-                        raise UpstreamProtocolError(
-                            conn.server, "protocol upgrade is not supported"
-                        )
-                    return event
-                raise UpstreamProtocolError(conn.server, f"unexpected {type(event).__name__}")
+            return await self._read_response_head(conn, math.inf)
         raise UpstreamTimeout(
             conn.server, f"no response within {self.group.config.read_timeout:g}s"
         )
+
+    async def _read_response_head(self, conn: UpstreamConnection, max_wait: float) -> h11.Response:
+        wait_first = True  # the request has just left: no answer can be there yet
+        while True:
+            mark = conn.consumed()
+            event = await conn.next_event(max_wait=max_wait, wait_first=wait_first)
+            wait_first = False
+            if conn.consumed() - mark > MAX_UPSTREAM_HEADER_BYTES:
+                raise UpstreamProtocolError(
+                    conn.server,
+                    f"response head larger than {MAX_UPSTREAM_HEADER_BYTES} bytes",
+                )
+            if isinstance(event, h11.InformationalResponse):
+                continue  # 1xx from upstream: our own 100 Continue was already sent
+            if isinstance(event, h11.Response):
+                if event.status_code == 101:
+                    raise UpstreamProtocolError(conn.server, "protocol upgrade is not supported")
+                return event
+            raise UpstreamProtocolError(conn.server, f"unexpected {type(event).__name__}")
 
 
 def _is_chunked(headers: Iterable[tuple[bytes, bytes]]) -> bool:
