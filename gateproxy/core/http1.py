@@ -38,6 +38,8 @@ from h11._headers import Headers as H11Headers
 MORE: Final = "more"  # the head is not complete yet (and not over its size limit)
 UNUSUAL: Final = "unusual"  # not for the fast path: let h11 parse these bytes
 Verdict = Literal["more", "unusual"]
+# h11 events are immutable: the hot path shares one instead of building three per exchange.
+END_OF_MESSAGE: Final = h11.EndOfMessage()
 
 _REQUEST_LINE = re.compile(rb"([A-Z][A-Z0-9_-]*) (/[\x21\x22\x24-\x7e]*) HTTP/1\.1")
 _STATUS_LINE = re.compile(rb"HTTP/1\.([01]) ([2-5][0-9][0-9])(?: ([\x20-\x7e\t\x80-\xff]*))?")
@@ -56,18 +58,26 @@ Headers = list[tuple[bytes, bytes]]
 
 
 class FastHeaders(H11Headers):
-    """h11's ``Headers`` with a list iterator (same items, same order, same equality)."""
+    """h11's ``Headers`` that also keep their ``(name, value)`` list and iterate over it (same
+    items, same order, same equality). Like every h11 event field, never mutated."""
 
-    __slots__ = ()
+    __slots__ = ("_pairs",)
+
+    def __init__(
+        self, full_items: list[tuple[bytes, bytes, bytes]], pairs: list[tuple[bytes, bytes]]
+    ) -> None:
+        super().__init__(full_items)
+        self._pairs = pairs
 
     def __iter__(self) -> Iterator[tuple[bytes, bytes]]:
-        return iter([(name, value) for _, name, value in self._full_items])
+        return iter(self._pairs)
 
 
 def fast_headers(fields: Iterable[tuple[bytes, bytes]]) -> FastHeaders:
     """Already valid fields as h11 headers (names lowercased, raw names kept), skipping h11's
     re-validation: only for fields that were parsed strictly or made by gateproxy."""
-    return FastHeaders([(name, name.lower(), value) for name, value in fields])
+    full = [(name, name.lower(), value) for name, value in fields]
+    return FastHeaders(full, [(name, value) for _, name, value in full])
 
 
 @dataclass(frozen=True, slots=True)

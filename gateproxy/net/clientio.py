@@ -15,7 +15,13 @@ from http import HTTPStatus
 import h11
 import trio
 
-from gateproxy.core.http1 import MORE, content_length, parse_request_head, write_response
+from gateproxy.core.http1 import (
+    END_OF_MESSAGE,
+    MORE,
+    content_length,
+    parse_request_head,
+    write_response,
+)
 from gateproxy.errors import ClientDisconnected, ClientTimeout
 
 RECEIVE_SIZE = 64 * 1024
@@ -243,7 +249,7 @@ class ClientSide:
                 if self._request_done:
                     return h11.PAUSED
                 self._request_done = True
-                return h11.EndOfMessage()
+                return END_OF_MESSAGE
             if not self._eof:
                 parsed = parse_request_head(self._buf, max_bytes=self._max_header_bytes)
                 if parsed == MORE:

@@ -407,7 +407,8 @@ class Downstream:
         return outcome.status, outcome.server
 
     def _reject_before_forwarding(self, request: h11.Request) -> int:
-        refused = reject_reason(request)
+        # A head the fast parser took passes every rule (tests/core/test_http1 proves it).
+        refused = None if self.client.head_was_fast else reject_reason(request)
         if refused is not None:
             status, rule = refused
             self._enforce(rule)

@@ -32,7 +32,7 @@ import trio
 
 from gateproxy.core.config import LimitsConfig
 from gateproxy.core.headers import prepare_response_headers
-from gateproxy.core.http1 import fast_headers
+from gateproxy.core.http1 import END_OF_MESSAGE, fast_headers
 from gateproxy.errors import (
     ClientBodyTooLarge,
     ClientError,
@@ -132,7 +132,7 @@ class Exchange:
         self.group.counters.requests += 1
         await conn.send(self.request, max_wait=send_timeout)
         if not self.has_body:
-            await conn.send(h11.EndOfMessage(), max_wait=send_timeout)
+            await conn.send(END_OF_MESSAGE, max_wait=send_timeout)
             await self._relay(conn)
             return
         self._head_scope = trio.CancelScope()  # one per attempt: a scope serves one `with` only

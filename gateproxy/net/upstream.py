@@ -21,7 +21,7 @@ import trio
 
 from gateproxy.core.balancer import Balancer
 from gateproxy.core.config import UpstreamConfig, split_hostport
-from gateproxy.core.http1 import MORE, parse_response_head, write_request
+from gateproxy.core.http1 import END_OF_MESSAGE, MORE, parse_response_head, write_request
 from gateproxy.core.metrics import UpstreamCounters
 from gateproxy.core.pool import Pool
 from gateproxy.errors import (
@@ -32,7 +32,7 @@ from gateproxy.errors import (
 )
 from gateproxy.net.clientio import deadline_after
 
-RECEIVE_SIZE = 64 * 1024
+RECEIVE_SIZE = 256 * 1024  # one read takes a 64 KiB body and its head
 MAX_UPSTREAM_HEADER_BYTES = 64 * 1024
 
 
@@ -168,7 +168,7 @@ class UpstreamConnection:
             return head.response
         if self._body_left == 0:
             self._request = None
-            return h11.EndOfMessage()
+            return END_OF_MESSAGE
         if not buf:
             return None
         if len(buf) <= self._body_left:
