@@ -10,10 +10,12 @@ what h11 accepts, and never anything ``request_rules.raw_head_problem`` would re
 
 * every line ends in CRLF (no bare LF or CR anywhere in the head), no obs-fold;
 * header names are tokens, values hold no control character other than HTAB;
-* request line ``METHOD SP origin-form SP HTTP/1.1`` (method ``[A-Z][A-Z0-9_-]*``, not CONNECT
-  or TRACE; target starting with ``/``, visible ASCII, no ``#``);
-* requests: exactly one Host, no body (no Transfer-Encoding; Content-Length absent or a single
-  ``0``), and none of the headers that change h11's state machine (Connection, Expect, Upgrade);
+* request line ``METHOD SP origin-form SP HTTP/1.x`` (method ``[A-Z][A-Z0-9_-]*``, not CONNECT
+  or TRACE; target starting with ``/``, visible ASCII, no ``#``; version 1.1 or 1.0, which
+  health checkers such as HAProxy's ``option httpchk`` still send);
+* requests: exactly one Host (HTTP/1.0: at most one), no body (no Transfer-Encoding;
+  Content-Length absent or a single ``0``), and none of the headers that change h11's state
+  machine (Connection, Expect, Upgrade);
 * responses: status 200-599, HTTP/1.0 or 1.1, no Transfer-Encoding, at most one Content-Length
   of plain digits; a body-bearing status needs one (read-until-close is left to h11).
 
@@ -41,7 +43,7 @@ Verdict = Literal["more", "unusual"]
 # h11 events are immutable: the hot path shares one instead of building three per exchange.
 END_OF_MESSAGE: Final = h11.EndOfMessage()
 
-_REQUEST_LINE = re.compile(rb"([A-Z][A-Z0-9_-]*) (/[\x21\x22\x24-\x7e]*) HTTP/1\.1")
+_REQUEST_LINE = re.compile(rb"([A-Z][A-Z0-9_-]*) (/[\x21\x22\x24-\x7e]*) HTTP/1\.([01])")
 _STATUS_LINE = re.compile(rb"HTTP/1\.([01]) ([2-5][0-9][0-9])(?: ([\x20-\x7e\t\x80-\xff]*))?")
 _TOKEN = re.compile(rb"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 _BAD_VALUE = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
@@ -122,7 +124,8 @@ def _fields(lines: list[bytes]) -> Headers | None:
 def parse_request_head(
     buf: bytes | bytearray, *, max_bytes: int
 ) -> tuple[h11.Request, int] | Verdict:
-    """A plain body-less HTTP/1.1 request head at the start of ``buf`` and its size in bytes."""
+    """A plain body-less HTTP/1.1 (or 1.0) request head at the start of ``buf`` and its size in
+    bytes. (An HTTP/1.0 exchange never keeps the connection: h11 has no 1.0 keep-alive.)"""
     end = _head_end(buf, max_bytes)
     if isinstance(end, str):
         return end
@@ -131,15 +134,20 @@ def parse_request_head(
     if line is None or line.group(1) in _NOT_FAST_METHODS:
         return UNUSUAL
     headers = _fields(lines[1:])
-    if headers is None or not _plain_request_headers(headers):
+    http10 = line.group(3) == b"0"
+    if headers is None or not _plain_request_headers(headers, http10=http10):
         return UNUSUAL
     request = h11.Request(
-        method=line.group(1), target=line.group(2), headers=fast_headers(headers), _parsed=True
+        method=line.group(1),
+        target=line.group(2),
+        headers=fast_headers(headers),
+        http_version=b"1.0" if http10 else b"1.1",
+        _parsed=True,
     )
     return request, end
 
 
-def _plain_request_headers(headers: Headers) -> bool:
+def _plain_request_headers(headers: Headers, *, http10: bool) -> bool:
     hosts = lengths = 0
     for name, value in headers:
         if name in _STATEFUL_REQUEST_HEADERS:
@@ -151,7 +159,7 @@ def _plain_request_headers(headers: Headers) -> bool:
                 lengths += 1
             else:
                 return False
-    return hosts == 1 and lengths <= 1
+    return (hosts <= 1 if http10 else hosts == 1) and lengths <= 1
 
 
 def parse_response_head(
@@ -213,6 +221,21 @@ def write_response(status: int, reason: bytes, headers: Headers) -> bytes:
     parts.extend(b"%s: %s\r\n" % item for item in headers)
     parts.append(b"\r\n")
     return b"".join(parts)
+
+
+def with_connection_close(headers: Headers) -> Headers:
+    """The response headers h11 sends when the connection must close after the response (an
+    HTTP/1.0 client): ``Connection`` fields merged into ``Connection: close`` at the end."""
+    tokens = {
+        token
+        for name, value in headers
+        if name == b"connection"
+        for token in _tokens(value)
+        if token and token != b"keep-alive"
+    }
+    tokens.add(b"close")
+    kept = [(name, value) for name, value in headers if name != b"connection"]
+    return kept + [(b"Connection", token) for token in sorted(tokens)]
 
 
 def content_length(headers: Headers) -> int | None:

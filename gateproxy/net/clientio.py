@@ -20,6 +20,7 @@ from gateproxy.core.http1 import (
     MORE,
     content_length,
     parse_request_head,
+    with_connection_close,
     write_response,
 )
 from gateproxy.errors import ClientDisconnected, ClientTimeout
@@ -59,6 +60,7 @@ class ClientSide:
         "_close_after",
         "_eof",
         "_fast_head",
+        "_fast_http10",
         "_h11",
         "_head",
         "_max_header_bytes",
@@ -80,6 +82,7 @@ class ClientSide:
         self._buf = bytearray()  # received, not yet parsed (fast path only)
         self._eof = False
         self._fast_head: bytes | None = None  # the head of the current fast-path request
+        self._fast_http10 = False  # ... and it was HTTP/1.0 (the connection closes after it)
         self._request_done = False
         self._response_state = _IDLE
         self._response_left = 0
@@ -257,6 +260,7 @@ class ClientSide:
                 if not isinstance(parsed, str):
                     request, size = parsed
                     self._fast_head = bytes(self._buf[:size])
+                    self._fast_http10 = request.http_version == b"1.0"
                     del self._buf[:size]
                     self._capture = False
                     return request
@@ -335,9 +339,13 @@ class ClientSide:
         status = response.status_code
         if status in (204, 304) or self.request_method == b"HEAD":
             length = 0
-        self._close_after = any(
-            name == b"connection" and b"close" in value.lower() for name, value in headers
-        )
+        if self._fast_http10:  # h11 has no HTTP/1.0 keep-alive: close, and say so
+            headers = with_connection_close(headers)
+            self._close_after = True
+        else:
+            self._close_after = any(
+                name == b"connection" and b"close" in value.lower() for name, value in headers
+            )
         self._out += write_response(status, response.reason, headers)
         self._response_state, self._response_left = _BODY, length
         return True

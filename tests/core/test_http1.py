@@ -103,6 +103,20 @@ def test_parsed_heads_carry_fast_headers() -> None:
 
 
 @pytest.mark.parametrize(
+    "head", [b"GET / HTTP/1.0\r\n\r\n", b"HEAD /x HTTP/1.0\r\nHost: a\r\nUser-Agent: c\r\n\r\n"]
+)
+def test_an_http10_request_is_parsed_like_h11(head: bytes) -> None:
+    parsed = parse_request_head(head, max_bytes=MAX)
+    assert not isinstance(parsed, str)
+    request, size = parsed
+    reference = h11_request(head)
+    assert reference is not None
+    assert (request, size) == (reference[0], len(head))
+    assert request.http_version == b"1.0"
+    assert reject_reason(request) is None and raw_head_problem(head) is None
+
+
+@pytest.mark.parametrize(
     "data",
     [b"", b"GET / HTTP/1.1\r\nHost: a\r\n", b"GET / HTTP/1.1\r\nHost: a\r\n\r"],
 )
@@ -116,7 +130,8 @@ def test_an_incomplete_head_needs_more(data: bytes) -> None:
         b"GET / HTTP/1.1\nHost: a\n\n",  # bare LF
         b"GET / HTTP/1.1\r\nHost: a\n\r\n",  # bare LF at the end
         b"GET / HTTP/1.1\r\nHost: a\r\nX: 1\r\n folded\r\n\r\n",  # obs-fold
-        b"GET / HTTP/1.0\r\nHost: a\r\n\r\n",  # HTTP/1.0
+        b"GET / HTTP/1.0\r\nHost: a\r\nHost: b\r\n\r\n",  # HTTP/1.0, two Hosts
+        b"GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n",  # 1.0 keep-alive: h11 decides
         b"GET http://a/ HTTP/1.1\r\nHost: a\r\n\r\n",  # absolute form
         b"GET /#f HTTP/1.1\r\nHost: a\r\n\r\n",  # fragment
         b"get / HTTP/1.1\r\nHost: a\r\n\r\n",  # lower-case method

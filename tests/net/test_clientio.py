@@ -104,3 +104,29 @@ async def test_fast_path_refuses_a_body_longer_than_its_content_length() -> None
         pass
     else:
         raise AssertionError("a body over its Content-Length was accepted")
+
+
+async def test_an_http10_exchange_is_fast_byte_identical_to_h11_and_closes() -> None:
+    request = b"GET /a HTTP/1.0\r\n\r\n"
+    for upstream_connection in ([], [(b"connection", b"keep-alive, x-opt")]):
+        side, client_out, client_in = pair()
+        await client_out.send_all(request)
+        assert isinstance(await side.next_event(max_wait=0, limit="x"), h11.Request)
+        assert side.head_was_fast
+        assert isinstance(await side.next_event(max_wait=0, limit="x"), h11.EndOfMessage)
+        events = (
+            h11.Response(
+                status_code=200,
+                headers=[(b"content-length", b"2"), *upstream_connection, (b"x-a", b"1")],
+                reason=b"OK",
+            ),
+            h11.Data(data=b"hi"),
+            h11.EndOfMessage(),
+        )
+        for event in events:
+            side.queue(event)
+        await side.flush()
+        sent = await read_all(client_in)
+        assert sent == h11_answer(request, *events)
+        assert sent.endswith(b"\r\nConnection: close\r\n\r\nhi") or b"x-opt" in sent
+        assert not side.cycle_reusable()  # HTTP/1.0: h11 would close too
