@@ -72,7 +72,7 @@ async def _handshake(
     if engine is not None and not probe:
         engine.register_connection(tls_stream.ssl_object, client=client_ip)
     counters = listener.counters
-    with trio.move_on_after(listener.config.tls.handshake_timeout):
+    with trio.CancelScope(deadline=trio.current_time() + listener.config.tls.handshake_timeout):
         try:
             await tls_stream.do_handshake()
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
