@@ -33,9 +33,9 @@ def summarize_target(rows: list[dict]) -> dict:
     return out
 
 
-def _ratio(summary: dict, kind: str):
+def _ratio(summary: dict, kind: str, peer: str = "nginx"):
     try:
-        a, b = summary["gateproxy"][kind]["median"], summary["nginx"][kind]["median"]
+        a, b = summary["gateproxy"][kind]["median"], summary[peer][kind]["median"]
         return round(a / b, 4) if a and b else None
     except KeyError:
         return None
@@ -46,6 +46,8 @@ def summarize(results: dict) -> dict:
         sc["summary"] = {name: summarize_target(rows) for name, rows in sc["rows"].items()}
         sc["ratio_gateproxy_nginx"] = {k: _ratio(sc["summary"], k) for k in ("rate_wall",
                                                                               "rate_cpu")}
+        sc["ratio_gateproxy_proxypy"] = {k: _ratio(sc["summary"], k, "proxy.py")
+                                         for k in ("rate_wall", "rate_cpu")}
     return results
 
 
@@ -116,11 +118,14 @@ def markdown(results: dict) -> str:
               "proxy CPU = proxy CPU-seconds per wall second (1.00 = one core saturated; below "
               "that the load generator was the limit, so compare the per CPU-s column). "
               "`direct` is the upstream over plain HTTP (no TLS, no proxy): the ceiling of the "
-              "load generator + upstream.", "", "## Ratios gateproxy / nginx", "",
-              "| scenario | wall | per CPU-s |", "| --- | ---: | ---: |"]
+              "load generator + upstream.", "", "## Ratios gateproxy / nginx (and / proxy.py)",
+              "", "| scenario | wall | per CPU-s | / proxy.py, wall | / proxy.py, per CPU-s |",
+              "| --- | ---: | ---: | ---: | ---: |"]
     for key, sc in results["scenarios"].items():
         r = sc["ratio_gateproxy_nginx"]
-        lines.append(f"| {key} | {_num(r['rate_wall'], 3)} | {_num(r['rate_cpu'], 3)} |")
+        p = sc.get("ratio_gateproxy_proxypy") or {"rate_wall": None, "rate_cpu": None}
+        lines.append(f"| {key} | {_num(r['rate_wall'], 3)} | {_num(r['rate_cpu'], 3)} | "
+                     f"{_num(p['rate_wall'], 2)} | {_num(p['rate_cpu'], 2)} |")
     lines += ["", "## Scenarios", ""]
     for key, sc in results["scenarios"].items():
         lines += scenario_md(key, sc)
