@@ -41,12 +41,8 @@ from gateproxy.errors import (
     UpstreamTimeout,
 )
 from gateproxy.net.clientio import ClientSide
-from gateproxy.net.upstream import (
-    MAX_UPSTREAM_HEADER_BYTES,
-    UpstreamConnection,
-    UpstreamGroup,
-    failure_reason,
-)
+from gateproxy.net.upstream import MAX_UPSTREAM_HEADER_BYTES, UpstreamConnection
+from gateproxy.net.upstream_group import UpstreamGroup, failure_reason
 
 Headers = list[tuple[bytes, bytes]]
 FLUSH_SIZE = 64 * 1024  # queued response bytes that are sent without waiting for more

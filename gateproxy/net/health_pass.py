@@ -35,7 +35,8 @@ from gateproxy.core.health import (
     unavailable_answer,
 )
 from gateproxy.errors import UpstreamError
-from gateproxy.net.upstream import UpstreamConnection, UpstreamGroup
+from gateproxy.net.upstream import UpstreamConnection
+from gateproxy.net.upstream_group import UpstreamGroup
 
 __all__ = ["PassThroughCache", "pass_through_answer", "upstream_health_path"]
 

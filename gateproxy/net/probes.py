@@ -32,7 +32,7 @@ import trio
 from gateproxy.core.config import UpstreamHealthConfig, split_hostport
 from gateproxy.core.health import ServerHealth
 from gateproxy.logs import event
-from gateproxy.net.upstream import UpstreamGroup
+from gateproxy.net.upstream_group import UpstreamGroup
 
 __all__ = [
     "CheckResult",

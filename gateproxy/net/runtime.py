@@ -26,7 +26,7 @@ from gateproxy.core.session_guard import SessionGuard
 from gateproxy.core.ticket_keys import KeyRing, TicketKey
 from gateproxy.errors import ConfigError, ConfigProblem, KeyFileError
 from gateproxy.logs import AccessLog, event
-from gateproxy.net.upstream import UpstreamGroup
+from gateproxy.net.upstream_group import UpstreamGroup
 from gateproxy.tls.contexts import build_listener_contexts
 from gateproxy.tls.engine import ListenerTLSEngine
 

@@ -15,7 +15,7 @@ import trustme
 from gateproxy.core.config import HealthCheckConfig, UpstreamConfig
 from gateproxy.core.metrics import UpstreamCounters
 from gateproxy.net.health_pass import PassThroughCache, pass_through_answer, upstream_health_path
-from gateproxy.net.upstream import UpstreamGroup
+from gateproxy.net.upstream_group import UpstreamGroup
 from tests.conftest import CertPaths
 from tests.helpers.clients import Request, https_exchange
 from tests.helpers.proxy import address, proxy_config, running_proxy, tls_listener

@@ -14,7 +14,7 @@ import trio.testing
 from gateproxy.core.config import UpstreamConfig, UpstreamHealthConfig
 from gateproxy.core.metrics import UpstreamCounters
 from gateproxy.net.probes import HealthProbe, run_health_checks, watch_server
-from gateproxy.net.upstream import UpstreamGroup
+from gateproxy.net.upstream_group import UpstreamGroup
 
 
 class FakeServer:
