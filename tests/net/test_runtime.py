@@ -3,35 +3,15 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Any
 
 import pytest
 import trio
 import trio.testing
 
-from gateproxy.core.config import AccessLogConfig, load_config_data
-from gateproxy.logs import AccessLog
-from gateproxy.net.runtime import ListenerRuntime, Shared, build_runtime
+from tests.helpers.runtime import plain_listener_runtime
 
-
-def _listener() -> ListenerRuntime:
-    config = load_config_data(
-        {
-            "listeners": [
-                {"name": "plain", "bind": "127.0.0.1:0", "routes": [{"upstream": "app"}]}
-            ],
-            "upstreams": {"app": {"servers": ["127.0.0.1:9"]}},
-            "access_log": {"path": "off"},
-        }
-    )
-    runtime = build_runtime(
-        config,
-        base_dir=Path("."),
-        shared=Shared(),
-        access_log=AccessLog(AccessLogConfig(path="off")),
-    )
-    return runtime.listeners[0]
+_listener = plain_listener_runtime
 
 
 def _events(err: str) -> list[dict[str, Any]]:
