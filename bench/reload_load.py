@@ -25,10 +25,11 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-import certs  # noqa: E402
 import env  # noqa: E402
 import targets  # noqa: E402
 from procs import free_port  # noqa: E402
+
+import certs  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:

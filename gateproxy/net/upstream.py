@@ -24,7 +24,7 @@ from gateproxy.errors import (
 )
 from gateproxy.net.clientio import deadline_after
 
-RECEIVE_SIZE = 256 * 1024  # one read takes a 64 KiB body and its head
+RECEIVE_SIZE = 64 * 1024
 MAX_UPSTREAM_HEADER_BYTES = 64 * 1024
 
 
