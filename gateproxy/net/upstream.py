@@ -170,6 +170,10 @@ class UpstreamConnection:
         """The next h11 event from the server; ``max_wait`` bounds each read (nginx semantics).
         ``wait_first``: the caller knows nothing can have arrived yet (a request just left), so
         the first read waits for readiness instead of trying (and failing) first."""
+        if wait_first and self._h11 is None and self._request is not None and not self._buf:
+            # The fast path with nothing buffered: no head to look for yet.
+            self._take(await self._read(max_wait=max_wait, wait_first=True))
+            wait_first = False
         while True:
             event = self.poll_event()
             if event is not h11.NEED_DATA:
