@@ -8,14 +8,13 @@ from pathlib import Path
 from gateproxy.core.config import AccessLogConfig, load_config_data
 from gateproxy.logs import AccessLog
 from gateproxy.net.runtime import ListenerRuntime, Shared, build_runtime
+from tests.helpers.rawhttp import plain_listener
 
 
 def plain_listener_runtime() -> ListenerRuntime:
     config = load_config_data(
         {
-            "listeners": [
-                {"name": "plain", "bind": "127.0.0.1:0", "routes": [{"upstream": "app"}]}
-            ],
+            "listeners": [plain_listener()],
             "upstreams": {"app": {"servers": ["127.0.0.1:9"]}},
             "access_log": {"path": "off"},
         }

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import random
 import ssl
 from collections.abc import AsyncIterator
@@ -15,21 +14,9 @@ import trustme
 
 from gateproxy.net.tls_stream import CHECKPOINT_EVERY, ServerTLSStream
 from tests.conftest import CertPaths
+from tests.helpers.sockets import SocketPair, tcp_pair
 
-SocketPair = tuple[trio.SocketStream, trio.SocketStream]
 Client = trio.SSLStream[trio.SocketStream]
-
-
-@contextlib.asynccontextmanager
-async def tcp_pair() -> AsyncIterator[SocketPair]:
-    """(server end, client end) of one TCP connection on 127.0.0.1; both closed on exit."""
-    (listener,) = await trio.open_tcp_listeners(0, host="127.0.0.1")
-    async with listener:
-        port = listener.socket.getsockname()[1]
-        client = await trio.open_tcp_stream("127.0.0.1", port)
-        server = await listener.accept()
-    async with server, client:
-        yield server, client
 
 
 @pytest.fixture

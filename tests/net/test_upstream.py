@@ -12,6 +12,7 @@ import trio.testing
 
 from gateproxy.errors import UpstreamProtocolError, UpstreamTimeout
 from gateproxy.net.upstream import UpstreamConnection
+from tests.helpers.sockets import tcp_pair
 
 REQUEST = h11.Request(method=b"GET", target=b"/", headers=[(b"host", b"app")])
 RESPONSE = b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nhello"
@@ -20,15 +21,15 @@ RESPONSE = b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nhello"
 @pytest.fixture
 async def pair() -> AsyncIterator[tuple[UpstreamConnection, trio.SocketStream]]:
     """(our connection, the server's end of it)."""
-    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
-    port = listeners[0].socket.getsockname()[1]
-    client = await trio.open_tcp_stream("127.0.0.1", port)
-    server = await listeners[0].accept()
-    conn = UpstreamConnection(client, server=f"127.0.0.1:{port}")
-    yield conn, server
-    await conn.aclose()
-    await server.aclose()
-    await listeners[0].aclose()
+    async with tcp_pair() as (server, client):
+        yield UpstreamConnection(client, server="127.0.0.1:9"), server
+
+
+async def arrived(conn: UpstreamConnection, server: trio.SocketStream, data: bytes) -> None:
+    """The server sends ``data`` and it is waiting in our socket."""
+    await server.send_all(data)
+    with trio.fail_after(5):
+        await trio.lowlevel.wait_readable(conn.stream.socket)
 
 
 async def sent_request(conn: UpstreamConnection, server: trio.SocketStream) -> None:
@@ -51,9 +52,7 @@ async def test_receive_ready_takes_what_is_there_without_waiting(
 ) -> None:
     conn, server = pair
     await sent_request(conn, server)
-    await server.send_all(RESPONSE)
-    with trio.fail_after(5):
-        await trio.lowlevel.wait_readable(conn.stream.socket)
+    await arrived(conn, server, RESPONSE)
     assert conn.receive_ready() is True
     response = conn.poll_event()
     assert isinstance(response, h11.Response) and response.status_code == 200
@@ -68,9 +67,7 @@ async def test_receive_ready_reports_eof_mid_body(
 ) -> None:
     conn, server = pair
     await sent_request(conn, server)
-    await server.send_all(RESPONSE[:-2])
-    with trio.fail_after(5):
-        await trio.lowlevel.wait_readable(conn.stream.socket)
+    await arrived(conn, server, RESPONSE[:-2])
     assert conn.receive_ready() is True
     assert isinstance(conn.poll_event(), h11.Response)
     assert isinstance(conn.poll_event(), h11.Data)
