@@ -26,6 +26,7 @@ from __future__ import annotations
 import math
 import signal
 import socket
+import time
 from collections.abc import Callable, Mapping, Sequence
 from functools import partial
 from pathlib import Path
@@ -121,6 +122,7 @@ class Daemon:
     ) -> None:
         """Run until stopped; ``task_status.started(self)`` once every socket is listening."""
         self.shared.started_at = trio.current_time()
+        self.shared.refresh_date(wall_time=time.time())
         self._runtime = build_runtime(
             self.config,
             base_dir=self.base_dir,
@@ -265,8 +267,9 @@ class Daemon:
             now = trio.current_time()
             for listener in self.runtime.listeners:
                 self._tick_listener(listener, now=now, next_sweep=next_sweep)
+            self.shared.refresh_date(wall_time=time.time())
             for group in self.runtime.upstreams.values():
-                await group.close_expired()
+                group.close_expired(now=now)
 
     def _tick_listener(
         self, listener: ListenerRuntime, *, now: float, next_sweep: dict[str, float]
@@ -285,14 +288,16 @@ class Daemon:
         return build_stats(
             metrics=self.shared.metrics,
             tls={lr.name: lr.engine.stats(now=now) for lr in self.runtime.listeners if lr.engine},
-            upstream_servers={n: g.servers_view() for n, g in self.runtime.upstreams.items()},
+            upstream_servers={
+                n: g.servers_view(now=now) for n, g in self.runtime.upstreams.items()
+            },
             guard_tables=self.runtime.guard.tables() if self.runtime.guard else None,
             process=process_info(started_at_monotonic=self.shared.started_at, now=now),
         )
 
     async def _close_upstreams(self) -> None:
         for group in self.runtime.upstreams.values():
-            await group.close_idle()
+            group.close_idle()
 
 
 def _resolved_log_config(config: Config, *, base_dir: Path) -> AccessLogConfig:

@@ -8,12 +8,14 @@
     │   ├── UpstreamConnectError
     │   ├── UpstreamTimeout
     │   └── UpstreamProtocolError
-    └── ClientError          the downstream client misbehaved (408/413) or vanished
-        ├── ClientDisconnected
-        ├── ClientTimeout
-        └── ClientBodyTooLarge
+    ├── ClientError          the downstream client misbehaved (408/413) or vanished
+    │   ├── ClientDisconnected
+    │   ├── ClientTimeout
+    │   └── ClientBodyTooLarge
+    └── HTTPProtocolError    a peer's bytes are not valid HTTP/1.1 (status hint for the answer)
 
-Bad *client* bytes surface as ``h11.RemoteProtocolError`` and get its status hint.
+Bad *client* bytes surface as ``HTTPProtocolError`` from the parser pair and get its status
+hint; the same error from the upstream side becomes an ``UpstreamProtocolError`` (502).
 """
 
 from __future__ import annotations
@@ -113,6 +115,15 @@ class ClientBodyTooLarge(ClientError):
     def __init__(self, limit: int):
         self.limit = limit
         super().__init__(f"request body larger than max_body_bytes ({limit} bytes)")
+
+
+class HTTPProtocolError(GateproxyError):
+    """A peer sent bytes that are not valid HTTP/1.1; ``status_hint`` is the status to answer
+    a client with (400, 413, 431, 501, 505...), as h11's ``error_status_hint``."""
+
+    def __init__(self, message: str, *, status_hint: int = 400):
+        self.status_hint = status_hint
+        super().__init__(message)
 
 
 def first_error(group: BaseExceptionGroup[BaseException]) -> BaseException:

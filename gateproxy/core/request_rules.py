@@ -59,8 +59,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable
-
-from h11 import Request
+from typing import Protocol
 
 Rejection = tuple[int, str]
 
@@ -75,7 +74,20 @@ _HEX_PREFIXES = frozenset(bytes([c]) for c in b"0123456789abcdefABCDEF")
 _BAD_CHUNK = (400, "invalid_chunk")
 
 
-def reject_reason(request: Request) -> Rejection | None:
+class RequestLike(Protocol):
+    """A parsed request head (gateproxy's ``http_events.Request`` or h11's)."""
+
+    @property
+    def method(self) -> bytes: ...
+    @property
+    def target(self) -> bytes: ...
+    @property
+    def http_version(self) -> bytes: ...
+    @property
+    def headers(self) -> Iterable[tuple[bytes, bytes]]: ...
+
+
+def reject_reason(request: RequestLike) -> Rejection | None:
     """The status and rule name for a parsed request that must not be forwarded, or None."""
     return (
         _version_problem(request.http_version)

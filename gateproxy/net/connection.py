@@ -1,20 +1,21 @@
-"""One accepted connection: admission, TLS handshake under a deadline, then the request loop.
+"""One accepted connection: admission, TLS handshake under a deadline, then the pump.
 
 ``handle_connection`` runs once per accepted socket. Admission (``max_connections``,
 ``max_connections_per_client``) is decided before any TLS work. Probers (``probe_clients``) get
 the stateless ``probe`` context, chosen from the address before the handshake; the handshake runs
-under ``handshake_timeout`` and is counted (full, resumed or failed). The request loop itself is
-``net.downstream.Downstream``.
+under ``handshake_timeout`` and is counted (full, resumed or failed). The request path itself is
+a ``core.machine.ConnectionMachine`` executed by a ``net.pump.Pump``; when it ends, the TLS
+engine forgets the connection (and the session of a connection that only asked health checks).
 """
 
 from __future__ import annotations
 
-import ssl
-
 import trio
 
 from gateproxy.core.limits import Rejected
-from gateproxy.net.downstream import Downstream
+from gateproxy.core.machine import ConnectionMachine
+from gateproxy.net.plain_stream import PlainStream
+from gateproxy.net.pump import ClientStream, Pump
 from gateproxy.net.runtime import ListenerRuntime
 from gateproxy.net.tls_stream import ServerTLSStream
 
@@ -43,21 +44,27 @@ async def handle_connection(listener: ListenerRuntime, stream: trio.SocketStream
 async def _serve_admitted(
     listener: ListenerRuntime, stream: trio.SocketStream, *, client_ip: str, probe: bool
 ) -> None:
-    conn_stream: trio.abc.Stream = stream
-    ssl_object: ssl.SSLObject | None = None
-    if listener.main_context is not None:
-        tls_stream = await _handshake(listener, stream, client_ip=client_ip, probe=probe)
-        if tls_stream is None:
+    client: ClientStream
+    if listener.main_context is None:
+        client, tls = PlainStream(stream), None
+    else:
+        tls = await _handshake(listener, stream, client_ip=client_ip, probe=probe)
+        if tls is None:
             return
-        conn_stream = tls_stream
-        ssl_object = tls_stream.ssl_object
-    downstream = Downstream(
-        listener, conn_stream, client_ip=client_ip, probe=probe, ssl_object=ssl_object
+        client = tls
+    assert listener.policy is not None
+    machine = ConnectionMachine(
+        listener.policy, client_ip=client_ip, probe=probe, now=trio.current_time()
     )
+    ssl_object = tls.ssl_object if tls is not None else None
     try:
-        await downstream.serve()
+        await Pump(listener, client, machine, client_ip=client_ip, ssl_object=ssl_object).run()
     finally:
-        await downstream.finish()
+        engine = listener.engine
+        if engine is not None and ssl_object is not None and not probe:
+            if not machine.tickets_released and machine.health_requests:
+                engine.forget_session(ssl_object)
+            engine.unregister_connection(ssl_object)
 
 
 async def _handshake(

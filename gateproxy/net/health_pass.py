@@ -23,10 +23,10 @@ from __future__ import annotations
 
 import weakref
 
-import h11
 import trio
 
 from gateproxy.core.config import HealthCheckConfig, UpstreamHealthConfig
+from gateproxy.core.forwarding import retry_on_fresh_connection
 from gateproxy.core.health import (
     MAX_RELAYED_BODY,
     CachedAnswer,
@@ -35,7 +35,7 @@ from gateproxy.core.health import (
     unavailable_answer,
 )
 from gateproxy.errors import UpstreamError
-from gateproxy.net.upstream import UpstreamConnection
+from gateproxy.net.http_client import fetch
 from gateproxy.net.upstream_group import UpstreamGroup
 
 __all__ = ["PassThroughCache", "pass_through_answer", "upstream_health_path"]
@@ -127,55 +127,45 @@ async def _fetch(group: UpstreamGroup, path: str) -> HealthAnswer:
 
 
 async def _fetch_once(group: UpstreamGroup, path: str, *, max_wait: float) -> HealthAnswer:
+    health = group.config.health or _DEFAULT_HEALTH
     for attempt in range(2):
+        server = group.balancer.pick(now=trio.current_time())
+        if server is None:
+            return unavailable_answer("no server of this upstream is available")
         try:
-            conn = await group.acquire(fresh=attempt > 0)
+            conn = await group.acquire(server, fresh=attempt > 0)
         except UpstreamError as exc:
+            group.state.report_failure(server, reason="connect", now=trio.current_time())
             return unavailable_answer(exc.args[-1] if exc.args else type(exc).__name__)
+        headers = [
+            (b"host", (health.host or server).encode()),
+            (b"user-agent", USER_AGENT),
+            (b"accept", b"*/*"),
+        ]
+        group.counters.requests += 1
         try:
-            answer, reusable = await _exchange(group, conn, path, max_wait=max_wait)
+            reply = await fetch(
+                conn,
+                conn.http,
+                method=b"GET",
+                target=path.encode(),
+                headers=headers,
+                max_body=MAX_RELAYED_BODY,
+            )
         except UpstreamError as exc:
-            await group.discard(conn)
-            if attempt == 0 and conn.reused and conn.bytes_received == 0:
+            group.discard(conn)
+            if retry_on_fresh_connection(
+                attempt=attempt,
+                reused=conn.http.reused,
+                bytes_received=conn.http.bytes_received,
+                has_body=False,
+                response_started=False,
+            ):
                 continue  # a stale keep-alive connection: once more on a fresh one
             return unavailable_answer(exc.args[-1] if exc.args else type(exc).__name__)
         except BaseException:
-            await group.discard(conn)
+            group.discard(conn)
             raise
-        if reusable:
-            await group.release(conn, reusable=True)
-        else:
-            await group.discard(conn)
-        return answer
+        group.checkin(conn, reusable=reply.reusable, now=trio.current_time())
+        return relayed_answer(reply.status, reply.headers, reply.body)
     raise AssertionError("unreachable: the second attempt always returns")
-
-
-async def _exchange(
-    group: UpstreamGroup, conn: UpstreamConnection, path: str, *, max_wait: float
-) -> tuple[HealthAnswer, bool]:
-    health = group.config.health or _DEFAULT_HEALTH
-    host = (health.host or conn.server).encode()
-    request = h11.Request(
-        method=b"GET",
-        target=path.encode(),
-        headers=[(b"host", host), (b"user-agent", USER_AGENT), (b"accept", b"*/*")],
-    )
-    group.counters.requests += 1
-    await conn.send(request, max_wait=max_wait)
-    await conn.send(h11.EndOfMessage(), max_wait=max_wait)
-    while True:
-        event = await conn.next_event(max_wait=max_wait)
-        if isinstance(event, h11.Response):
-            break
-        if not isinstance(event, h11.InformationalResponse):
-            return unavailable_answer(f"unexpected {type(event).__name__}"), False
-    body = bytearray()
-    while True:
-        part = await conn.next_event(max_wait=max_wait)
-        if isinstance(part, h11.EndOfMessage):
-            return relayed_answer(event.status_code, event.headers, bytes(body)), True
-        if not isinstance(part, h11.Data):
-            return unavailable_answer(f"unexpected {type(part).__name__}"), False
-        body += part.data
-        if len(body) > MAX_RELAYED_BODY:
-            return relayed_answer(event.status_code, event.headers, bytes(body)), False

@@ -26,12 +26,15 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 
-import h11
 import trio
 
 from gateproxy.core.config import UpstreamHealthConfig, split_hostport
+from gateproxy.core.forwarding import retry_on_fresh_connection
+from gateproxy.core.h1_client import ClientConnection
 from gateproxy.core.health import ServerHealth
+from gateproxy.errors import UpstreamConnectError, UpstreamError
 from gateproxy.logs import event
+from gateproxy.net.http_client import fetch
 from gateproxy.net.upstream_group import UpstreamGroup
 
 __all__ = [
@@ -44,7 +47,6 @@ __all__ = [
 ]
 
 Connector = Callable[[str], Awaitable[trio.abc.Stream]]
-RECEIVE_SIZE = 16 * 1024
 MAX_PROBE_BODY = 64 * 1024  # a longer health body is not read to the end: the connection closes
 MAX_PROBE_HEAD = 16 * 1024
 USER_AGENT = b"gateproxy-health-check"
@@ -65,56 +67,14 @@ class CheckResult:
     reason: str = ""
 
 
-class _ProbeFailed(Exception):
-    def __init__(self, reason: str, *, got_bytes: bool) -> None:
-        super().__init__(reason)
-        self.reason = reason
-        self.got_bytes = got_bytes
-
-
 class _Connection:
-    __slots__ = ("got_bytes", "h11", "stream")
+    """One kept-alive probe connection: the stream and its HTTP state (the parser pair)."""
 
-    def __init__(self, stream: trio.abc.Stream) -> None:
+    __slots__ = ("http", "stream")
+
+    def __init__(self, stream: trio.abc.Stream, *, server: str) -> None:
         self.stream = stream
-        self.h11 = h11.Connection(h11.CLIENT, max_incomplete_event_size=MAX_PROBE_HEAD)
-        self.got_bytes = False
-
-    def fail(self, reason: str) -> _ProbeFailed:
-        return _ProbeFailed(reason, got_bytes=self.got_bytes)
-
-    async def send(self, event: h11.Event) -> None:
-        data = self.h11.send(event)
-        if data:
-            try:
-                await self.stream.send_all(data)
-            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
-                raise self.fail(f"send failed: {exc}") from exc
-
-    async def next_event(self) -> h11.Event:
-        while True:
-            try:
-                event = self.h11.next_event()
-            except h11.RemoteProtocolError as exc:
-                raise self.fail(f"invalid response: {exc}") from exc
-            if event is not h11.NEED_DATA:
-                return event  # type: ignore[return-value]  # h11 types NEED_DATA as a sentinel class
-            try:
-                data = await self.stream.receive_some(RECEIVE_SIZE)
-            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
-                raise self.fail(f"connection reset: {exc}") from exc
-            self.got_bytes = self.got_bytes or bool(data)
-            try:
-                self.h11.receive_data(bytes(data))
-            except h11.RemoteProtocolError as exc:
-                raise self.fail(f"invalid response: {exc}") from exc
-
-    def reusable(self) -> bool:
-        if self.h11.our_state is h11.DONE and self.h11.their_state is h11.DONE:
-            self.h11.start_next_cycle()
-            self.got_bytes = False
-            return True
-        return False
+        self.http = ClientConnection(server=server, max_head=MAX_PROBE_HEAD)
 
     async def aclose(self) -> None:
         with trio.CancelScope(shield=True):
@@ -132,13 +92,12 @@ class HealthProbe:
         self._connect = connect
         self._conn: _Connection | None = None
         self.connections_opened = 0
-        target = config.path.encode()
-        host = (config.host or server).encode()
-        self._request = h11.Request(
-            method=b"GET",
-            target=target,
-            headers=[(b"host", host), (b"user-agent", USER_AGENT), (b"accept", b"*/*")],
-        )
+        self._target = config.path.encode()
+        self._headers = [
+            (b"host", (config.host or server).encode()),
+            (b"user-agent", USER_AGENT),
+            (b"accept", b"*/*"),
+        ]
 
     async def check(self) -> CheckResult:
         """One check under the ``timeout`` deadline; never raises for a server's failure."""
@@ -154,14 +113,30 @@ class HealthProbe:
             reused = self._conn is not None
             try:
                 conn = await self._connection()
-                status = await self._exchange(conn)
-            except _ProbeFailed as exc:
+                reply = await fetch(
+                    conn.stream,
+                    conn.http,
+                    method=b"GET",
+                    target=self._target,
+                    headers=self._headers,
+                    max_body=MAX_PROBE_BODY,
+                )
+            except UpstreamError as exc:
+                received = self._conn.http.bytes_received if self._conn is not None else 0
                 await self._drop()
-                if reused and attempt == 0 and not exc.got_bytes:
+                if retry_on_fresh_connection(
+                    attempt=attempt,
+                    reused=reused,
+                    bytes_received=received,
+                    has_body=False,
+                    response_started=False,
+                ):
                     continue  # the server closed an idle keep-alive connection: try a fresh one
-                return CheckResult(False, reason=exc.reason)
-            ok = status in self.config.expected_statuses
-            return CheckResult(ok, status, "" if ok else f"status {status}")
+                return CheckResult(False, reason=_reason(exc))
+            if not reply.reusable:
+                await self._drop()  # (a huge body is not read to the end either)
+            ok = reply.status in self.config.expected_statuses
+            return CheckResult(ok, reply.status, "" if ok else f"status {reply.status}")
         raise AssertionError("unreachable: the second attempt always returns")
 
     async def _connection(self) -> _Connection:
@@ -169,35 +144,12 @@ class HealthProbe:
             try:
                 stream = await self._connect(self.server)
             except OSError as exc:
-                raise _ProbeFailed(
-                    f"connect failed: {exc.strerror or exc}", got_bytes=False
+                raise UpstreamConnectError(
+                    self.server, f"connect failed: {exc.strerror or exc}"
                 ) from exc
             self.connections_opened += 1
-            self._conn = _Connection(stream)
+            self._conn = _Connection(stream, server=self.server)
         return self._conn
-
-    async def _exchange(self, conn: _Connection) -> int:
-        await conn.send(self._request)
-        await conn.send(h11.EndOfMessage())
-        while True:
-            event = await conn.next_event()
-            if isinstance(event, h11.InformationalResponse):
-                continue
-            if not isinstance(event, h11.Response):
-                raise conn.fail(f"unexpected {type(event).__name__}")
-            break
-        status = event.status_code
-        received = 0
-        while not isinstance(body := await conn.next_event(), h11.EndOfMessage):
-            if not isinstance(body, h11.Data):
-                raise conn.fail(f"unexpected {type(body).__name__}")
-            received += len(body.data)
-            if received > MAX_PROBE_BODY:
-                await self._drop()  # the status is known; do not read a huge body to reuse
-                return status
-        if not conn.reusable():
-            await self._drop()
-        return status
 
     async def _drop(self) -> None:
         conn, self._conn = self._conn, None
@@ -206,6 +158,11 @@ class HealthProbe:
 
     async def aclose(self) -> None:
         await self._drop()
+
+
+def _reason(exc: UpstreamError) -> str:
+    # "upstream 10.0.0.5:8080: connect failed: ..." -> "connect failed: ..."
+    return str(exc).removeprefix(f"upstream {exc.server}: ")
 
 
 async def watch_server(group: UpstreamGroup, server: str, *, connect: Connector = open_tcp) -> None:

@@ -11,6 +11,7 @@ import os
 import ssl
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from email.utils import formatdate
 from pathlib import Path
 
 import trio
@@ -20,6 +21,7 @@ from gateproxy.core.health import HealthMatcher
 from gateproxy.core.key_files import parse_key_files
 from gateproxy.core.limits import Admission, RejectionLog, StormDetector
 from gateproxy.core.metrics import ListenerCounters, Metrics
+from gateproxy.core.policy import ListenerPolicy, ServiceState
 from gateproxy.core.probes import ProbeClassifier
 from gateproxy.core.routing import Router
 from gateproxy.core.session_guard import SessionGuard
@@ -33,18 +35,39 @@ from gateproxy.tls.engine import ListenerTLSEngine
 
 @dataclass
 class Shared:
-    """State that outlives a config generation: counters and the drain flags.
+    """State that outlives a config generation: counters and the service flags.
 
     ``draining``: the process is stopping (health answers 503, idle connections closed).
     ``retiring``: a reload replaced this worker; it serves the connections it has, each closed
     after its next response (``Connection: close``), while health answers stay as they are.
+    Both live in ``service`` (``core.policy.ServiceState``), where the connection machines read
+    them, with the current ``Date`` header value.
     """
 
     metrics: Metrics = field(default_factory=Metrics)
-    draining: bool = False
-    retiring: bool = False
+    service: ServiceState = field(default_factory=ServiceState)
     idle_scopes: set[trio.CancelScope] = field(default_factory=set)
     started_at: float = 0.0
+
+    @property
+    def draining(self) -> bool:
+        return self.service.draining
+
+    @draining.setter
+    def draining(self, value: bool) -> None:
+        self.service.draining = value
+
+    @property
+    def retiring(self) -> bool:
+        return self.service.retiring
+
+    @retiring.setter
+    def retiring(self, value: bool) -> None:
+        self.service.retiring = value
+
+    def refresh_date(self, *, wall_time: float) -> None:
+        """Set the ``Date`` header value for the current second (RFC 9110 IMF-fixdate)."""
+        self.service.date = formatdate(wall_time, usegmt=True).encode("ascii")
 
 
 @dataclass
@@ -63,6 +86,7 @@ class ListenerRuntime:
     probe_context: ssl.SSLContext | None = None
     engine: ListenerTLSEngine | None = None
     guard: SessionGuard | None = None
+    policy: ListenerPolicy | None = None
     rejections: RejectionLog = field(default_factory=RejectionLog)
     storms: StormDetector = field(default_factory=StormDetector)
 
@@ -145,6 +169,7 @@ def build_runtime(
     guard = SessionGuard(config.session_guard, counters=shared.metrics.guard)
     for listener in listeners:
         listener.guard = guard
+        listener.policy = listener_policy(listener)
     return Runtime(config, listeners, upstreams, shared, access_log, guard=guard)
 
 
@@ -201,6 +226,23 @@ def _build_listener(
             degraded=config.tls_engine == "stdlib_only",
         )
     return runtime
+
+
+def listener_policy(listener: ListenerRuntime) -> ListenerPolicy:
+    """The pure inputs of the connection machines of ``listener``."""
+    return ListenerPolicy(
+        name=listener.name,
+        limits=listener.config.limits,
+        probe_limits=listener.probe_limits,
+        router=listener.router,
+        health=listener.health,
+        probes=listener.probes,
+        guard=listener.guard,
+        counters=listener.counters,
+        upstreams={name: group.state for name, group in listener.upstreams.items()},
+        service=listener.shared.service,
+        tls=listener.config.tls is not None,
+    )
 
 
 def read_ticket_keys(

@@ -3,30 +3,29 @@
 ``trio.SSLStream`` is general: it serialises callers with conflict detectors and locks, and every
 transport call passes through trio's socket layer, which takes two trips through the scheduler
 even when the kernel had the bytes ready. A reverse proxy's client connection has exactly one
-reader and one writer, both in the connection's task, so this stream runs the same
-``ssl.SSLObject`` + memory BIOs and calls ``recv``/``send`` on the descriptor first; it waits
-(``trio.lowlevel.wait_readable``/``wait_writable``) only when the kernel says it would block.
-
-So that a connection whose peer always has data ready cannot hold the event loop (or miss its
-timeout), every ``CHECKPOINT_EVERY``-th operation that did not wait passes through the scheduler.
-After this side has sent something, the peer's answer cannot be there yet: the next read waits
-for readiness first instead of trying (and failing) first.
+reader and one writer, both in the connection's pump, so this stream runs the same
+``ssl.SSLObject`` + memory BIOs over :class:`~gateproxy.net.fd_io.FdIO`: ``recv``/``send`` on the
+descriptor first, a wait only when the kernel says it would block, a checkpoint every few
+operations that did not wait, and cancellation-safe writes (the pump's one deadline may cancel
+any wait). After this side has sent something, the peer's answer cannot be there yet: the next
+read waits for readiness first instead of trying (and failing) first.
 
 Semantics match ``trio.SSLStream(..., https_compatible=False)``: a peer's close_notify reads as
 ``b""``, a TCP EOF without it (or any TLS error) raises ``trio.BrokenResourceError``, and
-``aclose`` sends close_notify without waiting for the peer's.
+``aclose`` sends close_notify without waiting for the peer's. :meth:`receive_nowait` is the
+non-blocking read the pump uses when it waits for the client and the upstream at once.
 """
 
 from __future__ import annotations
 
 import contextlib
-import os
 import ssl
 
 import trio
 
+from gateproxy.net.fd_io import FdIO
+
 RECORD_READ = 64 * 1024  # ciphertext read per recv (several full TLS records)
-CHECKPOINT_EVERY = 16
 
 
 class ServerTLSStream(trio.abc.Stream):
@@ -34,24 +33,31 @@ class ServerTLSStream(trio.abc.Stream):
 
     __slots__ = (
         "_closed",
-        "_fd",
         "_incoming",
+        "_io",
         "_outgoing",
         "_sent",
-        "_unyielded",
         "ssl_object",
         "transport_stream",
     )
 
     def __init__(self, transport_stream: trio.SocketStream, context: ssl.SSLContext) -> None:
         self.transport_stream = transport_stream
-        self._fd = transport_stream.socket.fileno()
+        self._io = FdIO(transport_stream.socket.fileno())
         self._incoming = ssl.MemoryBIO()
         self._outgoing = ssl.MemoryBIO()
         self.ssl_object = context.wrap_bio(self._incoming, self._outgoing, server_side=True)
         self._closed = False
         self._sent = False  # sent since the last read: the next read waits first
-        self._unyielded = 0
+
+    @property
+    def fd(self) -> int:
+        return self._io.fd
+
+    @property
+    def unsent(self) -> bool:
+        """A cancelled send left ciphertext behind (``send_all(b"")`` finishes it)."""
+        return self._io.unsent
 
     # --- the TLS operations ----------------------------------------------------------------
 
@@ -93,21 +99,43 @@ class ServerTLSStream(trio.abc.Stream):
                 raise trio.BrokenResourceError(f"TLS error: {exc}") from exc
             if self._outgoing.pending:
                 await self._flush()
-            await self._maybe_yield()  # also when served from records already buffered
+            await self._io.maybe_yield()  # also when served from records already buffered
             return data
+
+    def receive_nowait(self, max_bytes: int = RECORD_READ) -> bytes | None:
+        """Plaintext that needs no wait (``b""``: close_notify), or None if a read would block."""
+        if self._closed:
+            raise trio.ClosedResourceError("the TLS stream was closed")
+        while True:
+            try:
+                return self.ssl_object.read(max_bytes)
+            except ssl.SSLWantReadError:
+                pass
+            except ssl.SSLZeroReturnError:
+                return b""
+            except (ssl.SSLError, ValueError) as exc:
+                raise trio.BrokenResourceError(f"TLS error: {exc}") from exc
+            try:
+                data = self._io.read_nowait(RECORD_READ)
+            except OSError as exc:
+                raise trio.BrokenResourceError(f"connection lost: {exc}") from exc
+            if data is None:
+                return None
+            self._feed(data)
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
         """Encrypt and send all of ``data`` (large writes leave as 16 KiB records in one send)."""
         if self._closed:
             raise trio.ClosedResourceError("the TLS stream was closed")
-        try:
-            self.ssl_object.write(data)
-        except (ssl.SSLError, ValueError) as exc:
-            raise trio.BrokenResourceError(f"TLS error: {exc}") from exc
+        if data:
+            try:
+                self.ssl_object.write(data)
+            except (ssl.SSLError, ValueError) as exc:
+                raise trio.BrokenResourceError(f"TLS error: {exc}") from exc
         await self._flush()
 
     async def wait_send_all_might_not_block(self) -> None:
-        await trio.lowlevel.wait_writable(self._fd)
+        await trio.lowlevel.wait_writable(self._io.fd)
 
     async def aclose(self) -> None:
         """Send close_notify (not waiting for the peer's) and close the socket."""
@@ -130,52 +158,32 @@ class ServerTLSStream(trio.abc.Stream):
 
     # --- the descriptor --------------------------------------------------------------------
 
-    async def _fill(self) -> None:
-        """Read ciphertext into the incoming BIO (EOF is written to it as such)."""
-        if self._sent:
-            self._sent = False
-            self._unyielded = 0
-            await trio.lowlevel.wait_readable(self._fd)
-        while True:
-            try:
-                data = os.read(self._fd, RECORD_READ)
-            except BlockingIOError:
-                self._unyielded = 0
-                await trio.lowlevel.wait_readable(self._fd)
-                continue
-            except OSError as exc:
-                raise trio.BrokenResourceError(f"connection lost: {exc}") from exc
-            break
+    def _feed(self, data: bytes) -> None:
         if data:
             self._incoming.write(data)
         else:
             self._incoming.write_eof()
 
+    async def _fill(self) -> None:
+        """Read ciphertext into the incoming BIO (EOF is written to it as such)."""
+        wait_first, self._sent = self._sent, False
+        try:
+            data = await self._io.read(RECORD_READ, wait_first=wait_first)
+        except OSError as exc:
+            raise trio.BrokenResourceError(f"connection lost: {exc}") from exc
+        self._feed(data)
+
     async def _flush(self) -> None:
-        """Send every pending ciphertext byte."""
+        """Send every pending ciphertext byte (what a cancelled flush left goes first)."""
         pending = self._outgoing.read()
-        if not pending:
+        if not pending and not self._io.unsent:
             return
-        view = memoryview(pending)
-        while view:
-            try:
-                sent = os.write(self._fd, view)
-            except BlockingIOError:
-                self._unyielded = 0
-                await trio.lowlevel.wait_writable(self._fd)
-                continue
-            except OSError as exc:
-                raise trio.BrokenResourceError(f"connection lost: {exc}") from exc
-            view = view[sent:]
+        try:
+            await self._io.write_all(pending)
+        except OSError as exc:
+            raise trio.BrokenResourceError(f"connection lost: {exc}") from exc
         self._sent = True
-        await self._maybe_yield()
 
     async def _flush_quietly(self) -> None:
         with contextlib.suppress(trio.BrokenResourceError):
             await self._flush()
-
-    async def _maybe_yield(self) -> None:
-        self._unyielded += 1
-        if self._unyielded >= CHECKPOINT_EVERY:
-            self._unyielded = 0
-            await trio.lowlevel.checkpoint()

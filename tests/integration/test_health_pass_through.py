@@ -58,7 +58,7 @@ async def test_concurrent_probes_share_one_fetch_per_cache_time() -> None:
         assert app.requests == 1 and cache.fetches == 1
         await probe(101.0)  # cache_time later: asked again
         assert app.requests == 2
-        await group.close_idle()
+        group.close_idle()
     first = answers[0]
     assert all(a == first for a in answers[:53])
     assert first.status == 200 and first.body.startswith(b"session ")
@@ -75,7 +75,7 @@ async def test_upstream_status_is_relayed_and_failures_are_cached() -> None:
     async with RecordingUpstream(status=503, body=b"db down\n") as app:
         group = _group(app.address, health={"path": "/ready", "host": "app.internal"})
         answer = await pass_through_answer(_check(), group, now=0.0, cache=PassThroughCache(group))
-        await group.close_idle()
+        group.close_idle()
     assert (answer.status, answer.body) == (503, b"db down\n")
     assert app.requests[0].header("host") == "app.internal"
 
@@ -105,7 +105,7 @@ async def test_slow_upstream_hits_the_probe_timeout() -> None:
                 _check(), group, now=0.0, cache=PassThroughCache(group)
             )
         hold.set()
-        await group.close_idle()
+        group.close_idle()
     assert answer.status == 503 and b"no response within 0.2s" in answer.body
 
 
@@ -133,7 +133,7 @@ async def test_cancelled_fetch_lets_a_waiter_fetch() -> None:
             first.cancel()  # its client left
             await app.wait_for(lambda: len(app.requests) == 2)  # the waiter fetched instead
             hold.set()
-        await group.close_idle()
+        group.close_idle()
     assert cache.fetches == 2 and [a.status for a in got] == [200]
 
 

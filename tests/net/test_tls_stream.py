@@ -12,7 +12,8 @@ import trio
 import trio.testing
 import trustme
 
-from gateproxy.net.tls_stream import CHECKPOINT_EVERY, ServerTLSStream
+from gateproxy.net.fd_io import CHECKPOINT_EVERY
+from gateproxy.net.tls_stream import ServerTLSStream
 from tests.conftest import CertPaths
 from tests.helpers.sockets import SocketPair, tcp_pair
 

@@ -1,10 +1,10 @@
-"""net.upstream_request: framing re-derived for the upstream, headers assembled in order."""
+"""core.forwarding: framing re-derived for the upstream, headers assembled in order."""
 
 from __future__ import annotations
 
 import pytest
 
-from gateproxy.net.upstream_request import body_framing, header, upstream_headers
+from gateproxy.core.forwarding import header, request_framing, upstream_headers
 
 
 @pytest.mark.parametrize(
@@ -20,10 +20,10 @@ from gateproxy.net.upstream_request import body_framing, header, upstream_header
         ),
     ],
 )
-def test_body_framing(
+def test_request_framing(
     fields: list[tuple[bytes, bytes]], framing: list[tuple[bytes, bytes]], has_body: bool
 ) -> None:
-    assert body_framing(fields) == (framing, has_body)
+    assert request_framing(fields) == (framing, has_body)
 
 
 def test_upstream_headers_drop_expect_and_client_framing_and_add_ours() -> None:

@@ -1,0 +1,258 @@
+"""Strict parsers and exact writers for HTTP/1.1 message heads: the fast path of the parser pair.
+
+Theory of operation. h11 is correct but costs tens of microseconds per head. Most traffic is
+plain: a request without a body or with a ``Content-Length`` body, answered with a
+``Content-Length`` (or body-less) response. The parsers here take exactly those and *refuse to
+decide* anything else: for input they do not fully understand they return :data:`UNUSUAL`, and
+the connection classes (``core.h1_server``, ``core.h1_client``) hand the very same bytes to h11,
+which applies all of its rules (and ``core.request_rules`` all of ours). So the fast path
+accepts a subset of what h11 accepts, and never anything ``request_rules`` would refuse:
+
+* every line ends in CRLF (no bare LF or CR anywhere in the head), no obs-fold;
+* header names are tokens, values hold no control character other than HTAB;
+* request line ``METHOD SP origin-form SP HTTP/1.x`` (method ``[A-Z][A-Z0-9_-]*``, not CONNECT
+  or TRACE; target starting with ``/``, visible ASCII, no ``#``; version 1.1 or 1.0);
+* requests: exactly one valid Host (HTTP/1.0: at most one); at most one Content-Length of plain
+  digits, and none above 0 on GET or HEAD; no Transfer-Encoding, Expect or Upgrade; a
+  Connection header only with the tokens ``close`` and ``keep-alive``;
+* responses: status 200-599, HTTP/1.0 or 1.1, no Transfer-Encoding, at most one Content-Length
+  of plain digits; a body-bearing status needs one (read-until-close is left to h11).
+
+Header names come out lowercased (as h11 gives them). The writers produce the bytes h11 would
+write for the same head (Host first, ``name: value`` lines, CRLF), so which path wrote a message
+never shows on the wire (tests/core/test_h1_heads.py compares them with h11 byte for byte).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Final
+
+from gateproxy.core.http_events import Headers, Request, Response
+
+MORE: Final = 1  # the head is not complete yet (and not over its size limit)
+UNUSUAL: Final = 2  # not for the fast path: let h11 parse these bytes
+
+_REQUEST_LINE = re.compile(rb"([A-Z][A-Z0-9_-]*) (/[\x21\x22\x24-\x7e]*) HTTP/1\.([01])")
+_STATUS_LINE = re.compile(rb"HTTP/1\.([01]) ([2-5][0-9][0-9])(?: ([\x20-\x7e\t\x80-\xff]*))?")
+_TOKEN = re.compile(rb"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+_BAD_VALUE = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
+_HOST = re.compile(rb"(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._~!$&'()*+,;=%-]*)(?::[0-9]*)?")
+_DIGITS = re.compile(rb"[0-9]{1,18}")
+_NOT_FAST_METHODS: Final = frozenset({b"CONNECT", b"TRACE"})
+_NO_BODY_METHODS: Final = frozenset({b"GET", b"HEAD"})
+_REFUSED_REQUEST_HEADERS: Final = frozenset({b"expect", b"upgrade", b"transfer-encoding"})
+_PLAIN_CONNECTION_TOKENS: Final = frozenset({b"close", b"keep-alive"})
+_NO_BODY_STATUSES: Final = frozenset({204, 304})
+
+
+class RequestHead:
+    """A fast-parsed request head: the event, its size in bytes, the body length, keep-alive."""
+
+    __slots__ = ("body_length", "keep_alive", "request", "size")
+
+    def __init__(self, request: Request, size: int, body_length: int, keep_alive: bool) -> None:
+        self.request = request
+        self.size = size
+        self.body_length = body_length
+        self.keep_alive = keep_alive
+
+
+class ResponseHead:
+    """A fast-parsed response head: the event, its size, the body length and keep-alive."""
+
+    __slots__ = ("body_length", "keep_alive", "response", "size")
+
+    def __init__(self, response: Response, size: int, body_length: int, keep_alive: bool) -> None:
+        self.response = response
+        self.size = size
+        self.body_length = body_length
+        self.keep_alive = keep_alive
+
+
+def head_end(buf: bytes | bytearray, max_bytes: int) -> int:
+    """Index just past the blank line ending the head, or :data:`MORE` / :data:`UNUSUAL`
+    (negated, so they never collide with an index: ``-MORE``, ``-UNUSUAL``)."""
+    end = buf.find(b"\r\n\r\n", 0, max_bytes)  # a head of at most max_bytes
+    if end >= 0:
+        return end + 4
+    if (
+        len(buf) >= max_bytes
+        or (len(buf) > 0 and buf[0] < 0x21)  # h11 refuses such a start at once
+        or b"\n\n" in buf
+        or b"\n\r\n" in buf
+    ):
+        return -UNUSUAL  # too big, bad start, or ended by a bare LF: h11 and request_rules decide
+    return -MORE
+
+
+def _fields(lines: list[bytes]) -> Headers | None:
+    """Strictly parsed ``name: value`` lines (names lowercased), or None if any is unusual."""
+    headers: Headers = []
+    for line in lines:
+        name, colon, value = line.partition(b":")
+        if not colon or _TOKEN.fullmatch(name) is None:
+            return None
+        value = value.strip(b" \t")
+        if _BAD_VALUE.search(value) is not None:
+            return None
+        headers.append((name.lower(), value))
+    return headers
+
+
+def _tokens(value: bytes) -> list[bytes]:
+    return [token.strip(b" \t").lower() for token in value.split(b",")]
+
+
+def parse_request_head(buf: bytes | bytearray, *, max_bytes: int) -> RequestHead | int:
+    """A plain request head at the start of ``buf``; else :data:`MORE` or :data:`UNUSUAL`."""
+    end = head_end(buf, max_bytes)
+    if end < 0:
+        return -end
+    lines = bytes(buf[: end - 4]).split(b"\r\n")
+    line = _REQUEST_LINE.fullmatch(lines[0])
+    if line is None:
+        return UNUSUAL
+    method = line.group(1)
+    headers = _fields(lines[1:])
+    if method in _NOT_FAST_METHODS or headers is None:
+        return UNUSUAL
+    http10 = line.group(3) == b"0"
+    hosts = 0
+    length = -1
+    keep_alive = not http10
+    for name, value in headers:
+        if name == b"host":
+            hosts += 1
+            if _HOST.fullmatch(value) is None:
+                return UNUSUAL
+        elif name == b"content-length":
+            if length >= 0 or _DIGITS.fullmatch(value) is None:
+                return UNUSUAL
+            length = int(value)
+        elif name == b"connection":
+            tokens = _tokens(value)
+            if not _PLAIN_CONNECTION_TOKENS.issuperset(tokens):
+                return UNUSUAL
+            if b"close" in tokens:
+                keep_alive = False
+        elif name in _REFUSED_REQUEST_HEADERS:
+            return UNUSUAL
+    if (hosts > 1 if http10 else hosts != 1) or (length > 0 and method in _NO_BODY_METHODS):
+        return UNUSUAL
+    request = Request(
+        method=method,
+        target=line.group(2),
+        headers=headers,
+        http_version=b"1.0" if http10 else b"1.1",
+    )
+    return RequestHead(request, end, max(length, 0), keep_alive)
+
+
+def parse_response_head(
+    buf: bytes | bytearray, *, request_method: bytes, max_bytes: int
+) -> ResponseHead | int:
+    """A plain final response head with Content-Length framing (or a body-less status or
+    HEAD answer) at the start of ``buf``; else :data:`MORE` or :data:`UNUSUAL`."""
+    end = head_end(buf, max_bytes)
+    if end < 0:
+        return -end
+    lines = bytes(buf[: end - 4]).split(b"\r\n")
+    line = _STATUS_LINE.fullmatch(lines[0])
+    if line is None:
+        return UNUSUAL
+    headers = _fields(lines[1:])
+    if headers is None:
+        return UNUSUAL
+    status = int(line.group(2))
+    length = -1
+    keep_alive = line.group(1) == b"1"
+    for name, value in headers:
+        if name == b"content-length":
+            if length >= 0 or _DIGITS.fullmatch(value) is None:
+                return UNUSUAL
+            length = int(value)
+        elif name == b"transfer-encoding":
+            return UNUSUAL
+        elif name == b"connection" and b"close" in _tokens(value):
+            keep_alive = False
+    if status in _NO_BODY_STATUSES or request_method == b"HEAD":
+        length = 0
+    elif length < 0:
+        return UNUSUAL  # read-until-close framing: h11's job
+    response = Response(
+        status_code=status,
+        headers=headers,
+        reason=line.group(3) or b"",
+        http_version=b"1." + line.group(1),
+    )
+    return ResponseHead(response, end, length, keep_alive)
+
+
+def _write_fields(parts: list[bytes], headers: Headers) -> None:
+    # h11 writes Host first, then every other field in order.
+    for item in headers:
+        if item[0] == b"host":
+            parts.append(b"%s: %s\r\n" % item)
+    for item in headers:
+        if item[0] != b"host":
+            parts.append(b"%s: %s\r\n" % item)
+    parts.append(b"\r\n")
+
+
+def write_request(method: bytes, target: bytes, headers: Headers) -> bytes:
+    """A request head as h11 writes it. Values must already be valid (parsed, or made by
+    ``core.headers``)."""
+    parts = [b"%s %s HTTP/1.1\r\n" % (method, target)]
+    _write_fields(parts, headers)
+    return b"".join(parts)
+
+
+def write_response(status: int, reason: bytes, headers: Headers) -> bytes:
+    """A response head as h11 writes it."""
+    parts = [b"HTTP/1.1 %d %s\r\n" % (status, reason)]
+    _write_fields(parts, headers)
+    return b"".join(parts)
+
+
+def write_chunk(data: bytes) -> bytes:
+    """One chunk of a chunked body (h11 writes nothing for empty data)."""
+    return b"%x\r\n%s\r\n" % (len(data), data) if data else b""
+
+
+LAST_CHUNK: Final = b"0\r\n\r\n"
+
+
+def content_length(headers: Headers) -> int:
+    """The single plain Content-Length of ``headers``; -1 when there is none, -2 when the
+    framing is not that simple (Transfer-Encoding, several values, not digits)."""
+    length = -1
+    for name, value in headers:
+        if name == b"transfer-encoding":
+            return -2
+        if name == b"content-length":
+            if length >= 0 or _DIGITS.fullmatch(value) is None:
+                return -2
+            length = int(value)
+    return length
+
+
+def connection_close(headers: Headers) -> Headers:
+    """The headers h11 sends when the connection must close after the message: every
+    ``Connection`` field merged into sorted ``Connection: <token>`` fields at the end, with
+    ``keep-alive`` dropped and ``close`` added (h11's ``set_comma_header``, title-cased name)."""
+    tokens = {
+        token
+        for name, value in headers
+        if name == b"connection"
+        for token in _tokens(value)
+        if token and token != b"keep-alive"
+    }
+    tokens.add(b"close")
+    kept = [(name, value) for name, value in headers if name != b"connection"]
+    return kept + [(b"Connection", token) for token in sorted(tokens)]
+
+
+def without(headers: Headers, name: bytes) -> Headers:
+    """``headers`` without any field called ``name`` (lowercase)."""
+    return [item for item in headers if item[0] != name]

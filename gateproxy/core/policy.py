@@ -1,0 +1,79 @@
+"""Everything the connection machine consults about its listener, built once per generation.
+
+A :class:`ListenerPolicy` is the pure half of a listener: limits, routes, health checks, probe
+classification, the session guard, counters and the upstreams' balancers. :class:`ServiceState`
+is the process-wide part that changes under the machine's feet, set by the shell: draining
+(SIGTERM), retiring (a reload replaced this worker) and the current ``Date`` header value,
+refreshed once a second so no response formats a date of its own.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from gateproxy.core.config import LimitsConfig
+from gateproxy.core.health import HealthMatcher
+from gateproxy.core.metrics import ListenerCounters
+from gateproxy.core.probes import ProbeClassifier
+from gateproxy.core.routing import Router
+from gateproxy.core.session_guard import SessionGuard
+from gateproxy.core.upstream_state import UpstreamState
+
+
+class ServiceState:
+    """Process-wide flags the request path reads (set by the daemon)."""
+
+    __slots__ = ("date", "draining", "retiring")
+
+    def __init__(self) -> None:
+        self.draining = False  # stopping: health answers 503, connections close after a response
+        self.retiring = False  # replaced by a reload: connections close after their next response
+        self.date = b""  # IMF-fixdate of the current second ("Sun, 06 Nov 1994 08:49:37 GMT")
+
+
+class ListenerPolicy:
+    """The decisions' inputs for one listener."""
+
+    __slots__ = (
+        "counters",
+        "guard",
+        "health",
+        "limits",
+        "name",
+        "probe_limits",
+        "probes",
+        "router",
+        "service",
+        "tls",
+        "upstreams",
+    )
+
+    def __init__(
+        self,
+        *,
+        name: str,
+        limits: LimitsConfig,
+        probe_limits: LimitsConfig,
+        router: Router,
+        health: HealthMatcher,
+        probes: ProbeClassifier,
+        guard: SessionGuard | None,
+        counters: ListenerCounters,
+        upstreams: Mapping[str, UpstreamState],
+        service: ServiceState,
+        tls: bool,
+    ) -> None:
+        self.name = name
+        self.limits = limits
+        self.probe_limits = probe_limits
+        self.router = router
+        self.health = health
+        self.probes = probes
+        self.guard = guard
+        self.counters = counters
+        self.upstreams = dict(upstreams)
+        self.service = service
+        self.tls = tls
+
+    def limits_for(self, *, probe: bool) -> LimitsConfig:
+        return self.probe_limits if probe else self.limits
