@@ -30,7 +30,7 @@ import math
 from typing import Final
 
 from gateproxy.core.actions import RELEASE_CLOSE, RELEASE_REUSABLE, Acquire, Action
-from gateproxy.core.forwarding import client_headers, retry_on_fresh_connection
+from gateproxy.core.forwarding import GuardContext, client_headers, retry_on_fresh_connection
 from gateproxy.core.h1_client import ClientConnection
 from gateproxy.core.h1_server import ServerConnection
 from gateproxy.core.http_events import (
@@ -42,7 +42,6 @@ from gateproxy.core.http_events import (
     Request,
     Response,
 )
-from gateproxy.core.session_guard import SessionGuard
 from gateproxy.core.upstream_state import UpstreamState
 from gateproxy.errors import HTTPProtocolError
 
@@ -55,31 +54,6 @@ ABORT: Final = 3
 BROKEN_RESET: Final = 0  # reset / unexpected EOF / send failed
 BROKEN_TIMEOUT: Final = 1  # send_timeout
 BROKEN_PROTOCOL: Final = 2  # not a valid response
-
-
-class GuardContext:
-    """What the session guard needs to see one response (the request as the client sent it)."""
-
-    __slots__ = ("client", "fields", "guard", "is_probe", "listener", "method", "path")
-
-    def __init__(
-        self,
-        *,
-        guard: SessionGuard,
-        fields: Headers,
-        client: str,
-        is_probe: bool,
-        listener: str,
-        method: bytes,
-        path: bytes,
-    ) -> None:
-        self.guard = guard
-        self.fields = fields
-        self.client = client
-        self.is_probe = is_probe
-        self.listener = listener
-        self.method = method
-        self.path = path
 
 
 class Exchange:

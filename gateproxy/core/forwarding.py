@@ -11,6 +11,8 @@ and once per response.
 * :func:`client_headers` rewrites the upstream's response headers for the client, adding
   ``Connection: close`` when the connection ends after it and ``Date`` when the upstream sent
   none (RFC 9110 6.6.1: a proxy adds Date to a response that lacks one).
+* :func:`prepare_forward` puts these together for one request: the route (None: 404), the
+  chunked-body check, the rewritten head and the session guard's pin and observer.
 * :func:`retry_on_fresh_connection` is the one retry rule of the project (requests, pass-through
   health answers and active checks use it): a *reused* keep-alive connection that failed before
   any response byte, for a request without a body, is retried once on a new connection — the
@@ -20,7 +22,11 @@ and once per response.
 from __future__ import annotations
 
 from gateproxy.core.headers import prepare_request_headers, prepare_response_headers
-from gateproxy.core.http_events import Headers
+from gateproxy.core.http_events import Headers, Request
+from gateproxy.core.policy import ListenerPolicy
+from gateproxy.core.request_rules import Rejection, chunked_body_problem
+from gateproxy.core.session_guard import SessionGuard, add_cookie
+from gateproxy.core.upstream_state import UpstreamState
 
 
 def header(headers: Headers, name: bytes) -> bytes | None:
@@ -78,3 +84,104 @@ def retry_on_fresh_connection(
 ) -> bool:
     """Whether a failed exchange is tried once more on a new connection (module docstring)."""
     return attempt == 0 and reused and bytes_received == 0 and not has_body and not response_started
+
+
+class GuardContext:
+    """What the session guard needs to see one response (the request as the client sent it)."""
+
+    __slots__ = ("client", "fields", "guard", "is_probe", "listener", "method", "path")
+
+    def __init__(
+        self,
+        *,
+        guard: SessionGuard,
+        fields: Headers,
+        client: str,
+        is_probe: bool,
+        listener: str,
+        method: bytes,
+        path: bytes,
+    ) -> None:
+        self.guard = guard
+        self.fields = fields
+        self.client = client
+        self.is_probe = is_probe
+        self.listener = listener
+        self.method = method
+        self.path = path
+
+    def pin(self, headers: Headers, *, scope: str, now: float) -> Headers:
+        """``headers`` with the session cookie pinned for this prober, if the guard has one."""
+        cookie = self.guard.request_cookie_for(
+            client=self.client,
+            request_headers=self.fields,
+            is_probe=self.is_probe,
+            method=self.method,
+            now=now,
+            scope=scope,
+        )
+        return headers if cookie is None else add_cookie(headers, cookie)
+
+
+class Forward:
+    """A request ready to go upstream: where, with which head, and the guard's observer."""
+
+    __slots__ = ("guard", "has_body", "headers", "upstream")
+
+    def __init__(
+        self,
+        *,
+        upstream: UpstreamState,
+        headers: Headers,
+        has_body: bool,
+        guard: GuardContext | None,
+    ) -> None:
+        self.upstream = upstream
+        self.headers = headers
+        self.has_body = has_body
+        self.guard = guard
+
+
+def prepare_forward(
+    policy: ListenerPolicy,
+    request: Request,
+    *,
+    client_ip: str,
+    probe: bool,
+    buffered: bytes,
+    now: float,
+) -> Forward | Rejection | None:
+    """Route and assemble ``request`` for its upstream; None when no route matches (404), a
+    rejection when the start of a chunked body (``buffered``) is already malformed."""
+    fields = request.headers
+    host = header(fields, b"host")
+    route = policy.router.match(host=host, path=request.target)
+    if route is None:
+        return None
+    upstream = policy.upstreams[route.upstream]
+    framing, has_body = request_framing(fields)
+    if framing and framing[0][0] == b"transfer-encoding":
+        problem = chunked_body_problem(buffered)
+        if problem is not None:
+            return problem
+    headers = upstream_headers(
+        fields,
+        client_ip=client_ip,
+        scheme="https" if policy.tls else "http",
+        host=host,
+        framing=framing,
+        default_host=route.upstream.encode(),
+    )
+    context = None
+    if policy.guard is not None:
+        context = GuardContext(
+            guard=policy.guard,
+            fields=fields,
+            client=client_ip,
+            is_probe=probe or policy.probes.is_probe_agent(header(fields, b"user-agent")),
+            listener=policy.name,
+            method=request.method,
+            path=request.target,
+        )
+        headers = context.pin(headers, scope=upstream.name, now=now)
+    return Forward(upstream=upstream, headers=headers, has_body=has_body, guard=context)

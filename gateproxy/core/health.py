@@ -69,6 +69,27 @@ def answer_health(
     return _answer(200 if healthy else 503, body)
 
 
+def health_decision(
+    check: HealthCheckConfig,
+    *,
+    method: bytes,
+    servers_up: Sequence[str] | None,
+    servers_total: int,
+    draining: bool,
+) -> HealthAnswer | HealthCheckConfig:
+    """The answer to a health request, or the ``check`` itself when it is a pass-through one
+    the upstream must answer (``servers_up`` None: the check names no upstream)."""
+    if check.mode == "pass_through" and servers_up is not None:
+        return health_precheck(check, method=method, draining=draining) or check
+    return answer_health(
+        check,
+        method=method,
+        servers_up=servers_up or [],
+        servers_total=servers_total,
+        draining=draining,
+    )
+
+
 def health_precheck(
     check: HealthCheckConfig, *, method: bytes, draining: bool
 ) -> HealthAnswer | None:

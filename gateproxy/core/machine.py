@@ -34,7 +34,6 @@ instead of a reset).
 from __future__ import annotations
 
 import math
-from http import HTTPStatus
 from typing import Final
 
 from gateproxy.core.actions import (
@@ -45,31 +44,30 @@ from gateproxy.core.actions import (
     PassThrough,
 )
 from gateproxy.core.config import HealthCheckConfig
-from gateproxy.core.exchange import (
-    ABORT,
-    ANSWER,
-    BROKEN_RESET,
-    BROKEN_TIMEOUT,
-    COMPLETE,
-    Exchange,
-    GuardContext,
-)
-from gateproxy.core.forwarding import header, request_framing, upstream_headers
+from gateproxy.core.exchange import ABORT, ANSWER, BROKEN_RESET, BROKEN_TIMEOUT, COMPLETE, Exchange
+from gateproxy.core.forwarding import Forward, prepare_forward
 from gateproxy.core.h1_client import ClientConnection
 from gateproxy.core.h1_server import ServerConnection
-from gateproxy.core.health import HealthAnswer, answer_health, health_precheck
+from gateproxy.core.health import HealthAnswer, health_decision
 from gateproxy.core.http_events import (
     DONE,
     NEED_DATA,
     Data,
     EndOfMessage,
-    Headers,
     Request,
 )
 from gateproxy.core.limits import ConnectionBudget
 from gateproxy.core.policy import ListenerPolicy
-from gateproxy.core.request_rules import chunked_body_problem, raw_head_problem, reject_reason
-from gateproxy.core.session_guard import add_cookie
+from gateproxy.core.request_checks import (
+    CLOSING_STATUSES,
+    LINGER_STATUSES,
+    REASONS,
+    answer_headers,
+    error_answer,
+    forward_refusal,
+    head_refusal,
+    protocol_refusal,
+)
 from gateproxy.errors import HTTPProtocolError
 
 # What the pump waits for next (bit flags), and the final states.
@@ -86,27 +84,6 @@ LOCAL_BODY: Final = 1
 HEALTH_WAIT: Final = 2
 FORWARD: Final = 3
 ENDED: Final = 4
-
-#: Error answers after which the connection always closes (the framing cannot be trusted).
-CLOSING_STATUSES: Final = frozenset({400, 408, 413, 431, 500, 501, 505})
-#: ... and after which unread request body bytes are drained before closing (lingering close).
-LINGER_STATUSES: Final = frozenset({400, 408, 413, 431})
-STATUS_BODY: Final = {
-    400: b"Bad Request\n",
-    404: b"Not Found\n",
-    405: b"Method Not Allowed\n",
-    408: b"Request Timeout\n",
-    413: b"Content Too Large\n",
-    431: b"Request Header Fields Too Large\n",
-    500: b"Internal Server Error\n",
-    501: b"Not Implemented\n",
-    502: b"Bad Gateway\n",
-    503: b"Service Unavailable\n",
-    504: b"Gateway Timeout\n",
-    505: b"HTTP Version Not Supported\n",
-}
-REASONS: Final = {status.value: status.phrase.encode() for status in HTTPStatus}
-_TEXT: Final = b"text/plain; charset=utf-8"
 
 
 class ConnectionMachine:
@@ -143,11 +120,8 @@ class ConnectionMachine:
     def client_data(self, data: bytes, *, now: float) -> None:
         """Bytes read from the client (``b""``: it closed its side)."""
         self.server.receive_data(data)
-        phase = self.phase
-        if phase == LOCAL_BODY:
-            self._drain_body(now)
-        elif phase == FORWARD:
-            self._upload(now)
+        if self.phase in (LOCAL_BODY, FORWARD):
+            self._read_body(now)
         self._settle(now)
 
     def upstream_ready(self, conn: ClientConnection, *, now: float) -> None:
@@ -155,7 +129,7 @@ class ConnectionMachine:
         exchange = self.exchange
         assert exchange is not None
         exchange.ready(conn, now=now)
-        self._upload(now)
+        self._read_body(now)
         self._settle(now)
 
     def upstream_failed(self, *, connected: bool, timeout: bool, now: float) -> None:
@@ -276,35 +250,23 @@ class ConnectionMachine:
         self._error(408, now)
 
     def _protocol_error(self, exc: HTTPProtocolError, now: float) -> None:
-        status = exc.status_hint
-        problem = (
-            raw_head_problem(self.server.raw_head()) if not self.server.head_was_fast else None
-        )
-        if problem is not None and status != 431:
-            self._enforce(problem[1])
-            self._error(problem[0], now)
-            return
-        if status == 431 or "too long" in str(exc).lower():
-            status = 431
-            self._enforce("max_header_bytes")
+        status, rule = protocol_refusal(self.server, status=exc.status_hint, message=str(exc))
+        if rule:
+            self._enforce(rule)
         self._error(status, now)
 
     # --- deciding about a request -----------------------------------------------------------
 
     def _on_request(self, request: Request, now: float) -> None:
-        server, limits, policy = self.server, self.limits, self.policy
+        server, policy = self.server, self.policy
         self._request = request
         self._started_at = now
         self._bytes_sent = 0
         self._drained = 0
         self.budget.start_request()
-        if not server.head_was_fast:
-            problem = raw_head_problem(server.raw_head())
-            if problem is not None:
-                self._refuse(problem, now)
-                return
-        if server.head_size > limits.max_header_bytes:
-            self._refuse((431, "max_header_bytes"), now)
+        refused = head_refusal(server, self.limits)
+        if refused is not None:
+            self._refuse(refused, now)
             return
         self._close_after = self._close_decision(now)
         check = policy.health.match(request.target)
@@ -316,17 +278,9 @@ class ConnectionMachine:
         if not self.tickets_released:
             self.tickets_released = True
             self.actions.append(RELEASE_TICKETS)
-        refused = None if server.head_was_fast else reject_reason(request)
+        refused = forward_refusal(request, head_was_fast=server.head_was_fast, limits=self.limits)
         if refused is not None:
             self._refuse(refused, now)
-            return
-        fields = request.headers
-        if len(fields) > limits.max_headers:
-            self._refuse((431, "max_headers"), now)
-            return
-        length = header(fields, b"content-length")
-        if length is not None and length.isdigit() and int(length) > limits.max_body_bytes:
-            self._refuse((413, "max_body_bytes"), now)
             return
         self._forward(request, now)
 
@@ -343,65 +297,33 @@ class ConnectionMachine:
         return False
 
     def _forward(self, request: Request, now: float) -> None:
-        fields = request.headers
-        host = header(fields, b"host")
-        route = self.policy.router.match(host=host, path=request.target)
-        if route is None:
-            self._answer_after_body(_local_answer(404), now)
-            return
-        upstream = self.policy.upstreams[route.upstream]
-        framing, has_body = request_framing(fields)
-        if framing and framing[0][0] == b"transfer-encoding":
-            problem = chunked_body_problem(self.server.buffered())
-            if problem is not None:
-                self._refuse(problem, now)
-                return
-        headers = upstream_headers(
-            fields,
+        plan = prepare_forward(
+            self.policy,
+            request,
             client_ip=self.client_ip,
-            scheme=self._scheme,
-            host=host,
-            framing=framing,
-            default_host=route.upstream.encode(),
+            probe=self.probe,
+            buffered=self.server.buffered(),
+            now=now,
         )
-        guard_context = None
-        guard = self.policy.guard
-        if guard is not None:
-            is_probe = self.probe or self.policy.probes.is_probe_agent(
-                header(fields, b"user-agent")
-            )
-            pin = guard.request_cookie_for(
-                client=self.client_ip,
-                request_headers=fields,
-                is_probe=is_probe,
-                method=request.method,
-                now=now,
-                scope=upstream.name,
-            )
-            if pin is not None:
-                headers = add_cookie(headers, pin)
-            guard_context = GuardContext(
-                guard=guard,
-                fields=fields,
-                client=self.client_ip,
-                is_probe=is_probe,
-                listener=self.policy.name,
-                method=request.method,
-                path=request.target,
-            )
-        if not has_body:
+        if plan is None:
+            self._answer_after_body(error_answer(404), now)
+            return
+        if not isinstance(plan, Forward):
+            self._refuse(plan, now)
+            return
+        if not plan.has_body:
             self._consume_end_of_body()
         exchange = Exchange(
             request=request,
-            headers=headers,
-            has_body=has_body,
-            upstream=upstream,
+            headers=plan.headers,
+            has_body=plan.has_body,
+            upstream=plan.upstream,
             server_conn=self.server,
             out_client=self.out_client,
             out_upstream=self.out_upstream,
             actions=self.actions,
             close_client=self._close_after,
-            guard=guard_context,
+            guard=plan.guard,
             date=self.policy.service.date,
         )
         self.exchange = exchange
@@ -416,51 +338,46 @@ class ConnectionMachine:
 
     # --- forwarding -------------------------------------------------------------------------
 
-    def _upload(self, now: float) -> None:
-        exchange = self.exchange
-        if exchange is None or not exchange.uploading:
+    def _read_body(self, now: float) -> None:
+        """Request body pieces: forwarded while an exchange uploads, else read and dropped
+        before a local answer; ``max_body_bytes`` and ``body_timeout`` either way."""
+        exchange = self.exchange if self.phase == FORWARD else None
+        if exchange is not None and not exchange.uploading:
             return
         server, limits = self.server, self.limits
         while True:
             try:
                 event = server.next_event()
             except HTTPProtocolError as exc:
-                self._upload_failed(exc, now)
+                self._body_failed(exc.status_hint, now)
                 return
             if type(event) is Data:
                 assert isinstance(event, Data)
                 self._drained += len(event.data)
                 if self._drained > limits.max_body_bytes:
-                    self._body_too_large(now)
+                    self._enforce("max_body_bytes")
+                    self._body_failed(413, now)
                     return
-                exchange.body_data(event.data)
+                if exchange is not None:
+                    exchange.body_data(event.data)
             elif isinstance(event, EndOfMessage):
-                exchange.body_end(now=now)
+                if exchange is not None:
+                    exchange.body_end(now=now)
+                else:
+                    self._answer_pending(now)
                 return
             else:  # NEED_DATA
                 self.deadline = now + limits.body_timeout
                 return
 
-    def _upload_failed(self, exc: HTTPProtocolError, now: float) -> None:
-        exchange = self.exchange
-        assert exchange is not None
-        exchange.abandon()
-        if exchange.response_started or self.server.client_closed:
+    def _body_failed(self, status: int, now: float) -> None:
+        if self.exchange is not None:
+            self.exchange.abandon()
+        if self.server.client_closed:  # it left mid-body: nobody to answer
             self._log(0, now)
             self._end(ABORT_CONNECTION)
             return
-        self._error(exc.status_hint, now)
-
-    def _body_too_large(self, now: float) -> None:
-        self._enforce("max_body_bytes")
-        exchange = self.exchange
-        if exchange is not None:
-            exchange.abandon()
-            if exchange.response_started:
-                self._log(0, now)
-                self._end(ABORT_CONNECTION)
-                return
-        self._error(413, now)
+        self._error(status, now)
 
     def _exchange_code(self, code: int, now: float) -> None:
         exchange = self.exchange
@@ -481,19 +398,14 @@ class ConnectionMachine:
         self.health_requests += 1
         self.policy.counters.health_checks += 1
         self._kind = "health"
-        draining = self.policy.service.draining
         upstream = self.policy.upstreams.get(check.upstream) if check.upstream else None
-        answer: HealthAnswer | HealthCheckConfig
-        if check.mode == "pass_through" and upstream is not None:
-            answer = health_precheck(check, method=request.method, draining=draining) or check
-        else:
-            answer = answer_health(
-                check,
-                method=request.method,
-                servers_up=upstream.servers_up(now=now) if upstream else [],
-                servers_total=len(upstream.config.servers) if upstream else 0,
-                draining=draining,
-            )
+        answer = health_decision(
+            check,
+            method=request.method,
+            servers_up=upstream.servers_up(now=now) if upstream else None,
+            servers_total=len(upstream.config.servers) if upstream else 0,
+            draining=self.policy.service.draining,
+        )
         self._answer_after_body(answer, now)
 
     def _answer_after_body(self, answer: HealthAnswer | HealthCheckConfig, now: float) -> None:
@@ -502,29 +414,7 @@ class ConnectionMachine:
         self.phase = LOCAL_BODY
         if self.server.waiting_for_100_continue:
             self.out_client += self.server.send_informational(100)
-        self._drain_body(now)
-
-    def _drain_body(self, now: float) -> None:
-        server = self.server
-        while self.phase == LOCAL_BODY:
-            try:
-                event = server.next_event()
-            except HTTPProtocolError as exc:
-                self._error(exc.status_hint, now)
-                return
-            if type(event) is Data:
-                assert isinstance(event, Data)
-                self._drained += len(event.data)
-                if self._drained > self.limits.max_body_bytes:
-                    self._enforce("max_body_bytes")
-                    self._error(413, now)
-                    return
-            elif isinstance(event, EndOfMessage):
-                self._answer_pending(now)
-                return
-            else:
-                self.deadline = now + self.limits.body_timeout
-                return
+        self._read_body(now)
 
     def _answer_pending(self, now: float) -> None:
         pending = self._pending
@@ -538,19 +428,16 @@ class ConnectionMachine:
 
     def _send_health(self, answer: HealthAnswer, now: float) -> None:
         close = self._close_after
-        headers = [*answer.headers, *_date(self.policy.service.date)]
-        if close:
-            headers.append((b"connection", b"close"))
-        self._send_whole(answer.status, headers, answer.body)
+        self._send_answer(answer, close=close)
         self._finish(answer.status, now, keep=not close)
 
-    def _send_whole(self, status: int, headers: Headers, body: bytes) -> None:
-        server = self.server
-        out = self.out_client
-        out += server.send_response(status, REASONS.get(status, b""), headers)
-        if body and server.request_method != b"HEAD":
-            out += server.send_data(body)
-            self._bytes_sent += len(body)
+    def _send_answer(self, answer: HealthAnswer, *, close: bool) -> None:
+        server, out = self.server, self.out_client
+        headers = answer_headers(answer, date=self.policy.service.date, close=close)
+        out += server.send_response(answer.status, REASONS.get(answer.status, b""), headers)
+        if answer.body and server.request_method != b"HEAD":
+            out += server.send_data(answer.body)
+            self._bytes_sent += len(answer.body)
         out += server.send_end()
 
     def _refuse(self, rejection: tuple[int, str], now: float) -> None:
@@ -567,15 +454,7 @@ class ConnectionMachine:
             self._end(ABORT_CONNECTION)
             return
         close = status in CLOSING_STATUSES or server.their_state != DONE or self._close_after
-        body = STATUS_BODY.get(status, b"Error\n")
-        headers = [
-            (b"content-type", _TEXT),
-            (b"content-length", b"%d" % len(body)),
-            *_date(self.policy.service.date),
-        ]
-        if close:
-            headers.append((b"connection", b"close"))
-        self._send_whole(status, headers, body)
+        self._send_answer(error_answer(status), close=close)
         self._close_after = self._close_after or close
         self._finish(status, now, keep=not close, upstream=upstream)
 
@@ -668,13 +547,3 @@ class ConnectionMachine:
         actions = list(self.actions)
         self.actions.clear()
         return actions
-
-
-def _date(date: bytes) -> list[tuple[bytes, bytes]]:
-    return [(b"date", date)] if date else []
-
-
-def _local_answer(status: int) -> HealthAnswer:
-    body = STATUS_BODY.get(status, b"Error\n")
-    headers = ((b"content-type", _TEXT), (b"content-length", b"%d" % len(body)))
-    return HealthAnswer(status, headers, body)

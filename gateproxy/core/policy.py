@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from gateproxy.core.config import LimitsConfig
+from gateproxy.core.config import Config, LimitsConfig, ListenerConfig
 from gateproxy.core.health import HealthMatcher
 from gateproxy.core.metrics import ListenerCounters
 from gateproxy.core.probes import ProbeClassifier
@@ -77,3 +77,30 @@ class ListenerPolicy:
 
     def limits_for(self, *, probe: bool) -> LimitsConfig:
         return self.probe_limits if probe else self.limits
+
+
+def build_policy(
+    config: Config,
+    listener: ListenerConfig,
+    *,
+    counters: ListenerCounters,
+    upstreams: Mapping[str, UpstreamState],
+    service: ServiceState,
+    guard: SessionGuard | None,
+) -> ListenerPolicy:
+    """The policy of ``listener`` of ``config`` (routes, health checks, probes, limits)."""
+    return ListenerPolicy(
+        name=listener.name,
+        limits=listener.limits,
+        probe_limits=listener.probe_limits.apply_to(listener.limits),
+        router=Router(listener.routes),
+        health=HealthMatcher(listener.health_checks),
+        probes=ProbeClassifier(
+            cidrs=listener.probe_clients, user_agents=config.session_guard.probe_user_agents
+        ),
+        guard=guard,
+        counters=counters,
+        upstreams=upstreams,
+        service=service,
+        tls=listener.tls is not None,
+    )

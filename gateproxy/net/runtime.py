@@ -17,13 +17,11 @@ from pathlib import Path
 import trio
 
 from gateproxy.core.config import Config, LimitsConfig, ListenerConfig, TLSConfig
-from gateproxy.core.health import HealthMatcher
 from gateproxy.core.key_files import parse_key_files
 from gateproxy.core.limits import Admission, RejectionLog, StormDetector
 from gateproxy.core.metrics import ListenerCounters, Metrics
-from gateproxy.core.policy import ListenerPolicy, ServiceState
+from gateproxy.core.policy import ListenerPolicy, ServiceState, build_policy
 from gateproxy.core.probes import ProbeClassifier
-from gateproxy.core.routing import Router
 from gateproxy.core.session_guard import SessionGuard
 from gateproxy.core.ticket_keys import KeyRing, TicketKey
 from gateproxy.errors import ConfigError, ConfigProblem, KeyFileError
@@ -75,18 +73,13 @@ class ListenerRuntime:
     config: ListenerConfig
     counters: ListenerCounters
     admission: Admission
-    router: Router
-    health: HealthMatcher
-    probes: ProbeClassifier
-    probe_limits: LimitsConfig
+    policy: ListenerPolicy
     upstreams: dict[str, UpstreamGroup]
     access_log: AccessLog
     shared: Shared
     main_context: ssl.SSLContext | None = None
     probe_context: ssl.SSLContext | None = None
     engine: ListenerTLSEngine | None = None
-    guard: SessionGuard | None = None
-    policy: ListenerPolicy | None = None
     rejections: RejectionLog = field(default_factory=RejectionLog)
     storms: StormDetector = field(default_factory=StormDetector)
 
@@ -119,7 +112,15 @@ class ListenerRuntime:
             )
 
     def limits_for(self, *, probe: bool) -> LimitsConfig:
-        return self.probe_limits if probe else self.config.limits
+        return self.policy.limits_for(probe=probe)
+
+    @property
+    def probes(self) -> ProbeClassifier:
+        return self.policy.probes
+
+    @property
+    def guard(self) -> SessionGuard | None:
+        return self.policy.guard
 
 
 @dataclass
@@ -151,6 +152,7 @@ def build_runtime(
         name: UpstreamGroup(name, cfg, counters=shared.metrics.upstream(name))
         for name, cfg in config.upstreams.items()
     }
+    guard = SessionGuard(config.session_guard, counters=shared.metrics.guard)
     listeners = [
         _build_listener(
             config,
@@ -163,13 +165,10 @@ def build_runtime(
             clock=clock,
             source=source,
             handed_keys=(ticket_keys or {}).get(lc.name),
+            guard=guard,
         )
         for i, lc in enumerate(config.listeners)
     ]
-    guard = SessionGuard(config.session_guard, counters=shared.metrics.guard)
-    for listener in listeners:
-        listener.guard = guard
-        listener.policy = listener_policy(listener)
     return Runtime(config, listeners, upstreams, shared, access_log, guard=guard)
 
 
@@ -185,20 +184,25 @@ def _build_listener(
     clock: Callable[[], float],
     source: str,
     handed_keys: Sequence[TicketKey] | None,
+    guard: SessionGuard,
 ) -> ListenerRuntime:
+    counters = shared.metrics.listener(lc.name)
+    policy = build_policy(
+        config,
+        lc,
+        counters=counters,
+        upstreams={name: group.state for name, group in upstreams.items()},
+        service=shared.service,
+        guard=guard,
+    )
     runtime = ListenerRuntime(
         config=lc,
-        counters=shared.metrics.listener(lc.name),
+        counters=counters,
         admission=Admission(
             max_connections=lc.limits.max_connections,
             max_per_client=lc.limits.max_connections_per_client,
         ),
-        router=Router(lc.routes),
-        health=HealthMatcher(lc.health_checks),
-        probes=ProbeClassifier(
-            cidrs=lc.probe_clients, user_agents=config.session_guard.probe_user_agents
-        ),
-        probe_limits=lc.probe_limits.apply_to(lc.limits),
+        policy=policy,
         upstreams=upstreams,
         access_log=access_log,
         shared=shared,
@@ -226,23 +230,6 @@ def _build_listener(
             degraded=config.tls_engine == "stdlib_only",
         )
     return runtime
-
-
-def listener_policy(listener: ListenerRuntime) -> ListenerPolicy:
-    """The pure inputs of the connection machines of ``listener``."""
-    return ListenerPolicy(
-        name=listener.name,
-        limits=listener.config.limits,
-        probe_limits=listener.probe_limits,
-        router=listener.router,
-        health=listener.health,
-        probes=listener.probes,
-        guard=listener.guard,
-        counters=listener.counters,
-        upstreams={name: group.state for name, group in listener.upstreams.items()},
-        service=listener.shared.service,
-        tls=listener.config.tls is not None,
-    )
 
 
 def read_ticket_keys(
