@@ -2,18 +2,30 @@
 
 from __future__ import annotations
 
+import json
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import trio
+import trustme
 
 from gateproxy.core.config import Config
 from gateproxy.core.units import parse_duration
+from tests.conftest import CertPaths
+from tests.helpers import seccomp
+from tests.helpers.clients import https_request
+from tests.helpers.proxy import tls_listener
+from tests.helpers.supervised import supervised
+from tests.helpers.tls_sessions import session_of
+from tests.helpers.upstreams import RecordingUpstream
 
 UNIT = Path(__file__).resolve().parents[1] / "config" / "gateproxy.service"
+SCRIPT = Path(sys.executable).with_name("gateproxy")
 
 Unit = dict[str, list[tuple[str, str]]]
 
@@ -136,3 +148,82 @@ def test_systemd_analyze_verify_accepts_the_unit(tmp_path: Path) -> None:
         if "gateproxy.service" in line  # unknown keys and bad values are only warnings
     ]
     assert result.returncode == 0 and not ours, result.stdout + result.stderr
+
+
+REPO = UNIT.parents[1]
+
+
+def _filtered(service: list[tuple[str, str]]) -> list[str]:
+    """The command prefix that runs the console script under the unit's system-call filter."""
+    groups = [g for line in values(service, "SystemCallFilter") for g in line.split()]
+    assert groups and not any(g.startswith("~") for g in groups)  # an allow-list
+    helper = REPO / "tests" / "helpers" / "seccomp.py"
+    error = one(service, "SystemCallErrorNumber")
+    return [sys.executable, str(helper), error, *groups, "--", str(SCRIPT)]
+
+
+async def _resumes(address: str, *, ca: trustme.CA, tls_version: str) -> bool:
+    """A session from one connection resumes on another. A session-ID cache is per worker, so
+    this tries up to 20 connections with it: the kernel spreads them over the workers."""
+    first = await https_request(address, ca=ca, tls_version=tls_version)
+    assert first.status == 200
+    for _ in range(20):
+        again = await https_request(
+            address, ca=ca, tls_version=tls_version, session=session_of(first)
+        )
+        assert again.status == 200
+        if again.session_reused:
+            return True
+    return False
+
+
+def _seccomp_mode(pid: int) -> str:
+    status = Path(f"/proc/{pid}/status").read_text()
+    return next(line.split()[1] for line in status.splitlines() if line.startswith("Seccomp:"))
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(
+    shutil.which("systemd-analyze") is None or not seccomp.available(),
+    reason="needs systemd-analyze (the groups) and libseccomp (the filter)",
+)
+async def test_gateproxy_works_under_the_units_system_call_filter(
+    service: list[tuple[str, str]], tmp_path: Path, ca: trustme.CA, server_cert: CertPaths
+) -> None:
+    command = _filtered(service)
+    cached = {"tickets": {"enabled": False}}  # TLS 1.2 resumes through the lru cache callbacks
+    async with RecordingUpstream() as up:
+        config = {
+            "workers": "auto",  # as gateproxy.prod.yaml: the CPU count (sched_getaffinity)
+            "listeners": [
+                tls_listener(cert=server_cert.cert, key=server_cert.key),
+                tls_listener(cert=server_cert.cert, key=server_cert.key, name="cached", tls=cached),
+            ],
+            "upstreams": {"app": {"servers": [up.address]}},
+            "admin": {"bind": "127.0.0.1:0"},
+            "access_log": {"path": str(tmp_path / "access.log")},
+        }
+        (tmp_path / "check.yaml").write_text(json.dumps(config))
+        check = await trio.run_process(  # ExecStartPre / ExecReload
+            [*command, "check", "-c", str(tmp_path / "check.yaml")],
+            capture_stdout=True,
+            capture_stderr=True,
+            check=False,
+        )
+        assert check.returncode == 0 and b"OK" in check.stdout, check.stderr
+        async with supervised(config, tmp_path, command=command) as gp:
+            for listener, version in (
+                ("public", "TLSv1.3"),
+                ("public", "TLSv1.2"),
+                ("cached", "TLSv1.2"),
+            ):
+                assert await _resumes(gp.address(listener), ca=ca, tls_version=version)
+            gp.signal(signal.SIGHUP)
+            await gp.wait_event("reloaded")
+            assert (await https_request(gp.address(), ca=ca)).status == 200
+            gp.signal(signal.SIGUSR1)
+            await gp.wait_event("logs_reopened")
+            stats = await gp.stats()
+            ready = [w["pid"] for w in stats["workers"] if w["state"] == "ready"]
+            assert ready and {_seccomp_mode(pid) for pid in [gp.process.pid, *ready]} == {"2"}
+    assert stats["supervisor"]["reloads"] == 1

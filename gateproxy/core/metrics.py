@@ -25,9 +25,18 @@ Merge rules (:func:`merge_stats`)
 * ``process.workers`` is added: the number of trees merged.
 * ``upstreams.<name>.servers[]`` is merged by ``address``: numbers (``active``, ``idle``) summed,
   ``healthy`` true if any worker sees the server healthy (each worker probes on its own).
-* Booleans elsewhere: any. Other lists (``tickets.keys[]``, session-guard top-N tables) and strings
-  come from the first worker that has them: workers share ticket keys when key files are used,
-  and per-worker top-N tables cannot be merged exactly.
+* ``session_guard.top_paths[]`` and ``.top_clients[]`` (:data:`TOP_TABLES`) are merged by their
+  key (``path``, ``client``): ``minted`` summed, then the ``top_n`` highest sums kept, highest
+  first (ties: key order). ``top_n`` is the largest ``session_guard.top_n`` of the trees (the
+  configured size), or the longest table when no tree says. Each worker keeps only its own
+  top ``top_n``, so a sum is exact for a key every worker still holds and a lower bound
+  otherwise; a key is missing only if it fell out of every worker's table.
+  ``session_guard.by_listener`` and ``.pinned`` are mappings of numbers, so they are summed
+  (``pinned.max_entries`` too: each worker has its own pin table).
+* Booleans elsewhere: any. Other lists and strings come from the first worker that has them:
+  ``tickets.keys[]`` (every worker holds the same keys: the supervisor hands its keys to all of
+  them, or all read the same ``key_files``), and strings such as ``tls.engine`` and
+  ``session_cache.mode`` that the one config sets alike for every worker.
 
 The merged tree shares nothing with its inputs (every mapping and list is new), so the
 multi-process supervisor can add its own top-level keys to it and keep the workers' trees:
@@ -235,7 +244,10 @@ def build_stats(
 
 # --- merging workers ----------------------------------------------------------------------------
 
-_MAX_KEYS = frozenset({"uptime_s"})
+_MAX_KEYS = frozenset({"uptime_s", "top_n"})
+
+#: The session guard's top-N tables in a stats tree (``SessionGuard.tables``): name -> row key.
+TOP_TABLES = {"top_paths": "path", "top_clients": "client"}
 
 
 def _is_number(value: object) -> bool:
@@ -268,6 +280,43 @@ def _merge_values(key: str, values: Sequence[object]) -> object:
     return _plain(values[0])
 
 
+def merge_top(
+    tables: Sequence[object], *, key: str, limit: int | None = None
+) -> list[dict[str, object]]:
+    """The top ``limit`` rows of several top-N tables by the sum of ``minted`` per ``key``.
+
+    ``tables`` are lists of ``{key: ..., "minted": n}`` rows (anything else is skipped);
+    ``limit`` None keeps as many rows as the longest table. Highest sum first, ties by key.
+    """
+    totals: dict[str, int | float] = {}
+    longest = 0
+    for rows in tables:
+        if not isinstance(rows, list):
+            continue
+        longest = max(longest, len(rows))
+        for row in rows:
+            if not isinstance(row, Mapping):
+                continue
+            minted = row.get("minted")
+            if isinstance(minted, int | float) and not isinstance(minted, bool):
+                name = str(row.get(key))
+                totals[name] = totals.get(name, 0) + minted
+    ranked = sorted(totals.items(), key=lambda item: (-item[1], item[0]))
+    return [{key: name, "minted": minted} for name, minted in ranked[: limit or longest]]
+
+
+def _merge_guard_tables(merged: dict[str, object], trees: Sequence[Mapping[str, object]]) -> None:
+    guard = merged.get("session_guard")
+    if not isinstance(guard, dict):
+        return
+    sources = [g for t in trees if isinstance(g := t.get("session_guard"), Mapping)]
+    top_n = guard.get("top_n")
+    limit = top_n if isinstance(top_n, int) and not isinstance(top_n, bool) else None
+    for table, key in TOP_TABLES.items():
+        if table in guard:
+            guard[table] = merge_top([s.get(table) for s in sources], key=key, limit=limit)
+
+
 def merge_stats(trees: Sequence[Mapping[str, object]]) -> dict[str, object]:
     """Aggregate several workers' stats trees into one (see the module docstring for the rules)."""
     if not trees:
@@ -280,6 +329,7 @@ def merge_stats(trees: Sequence[Mapping[str, object]]) -> dict[str, object]:
         )
     merged = _merge_values("", list(trees))
     assert isinstance(merged, dict)
+    _merge_guard_tables(merged, trees)
     process = merged.get("process")
     if isinstance(process, dict):
         process["workers"] = len(trees)

@@ -372,6 +372,7 @@ class SessionGuard:
         return {
             "top_paths": [{"path": k, "minted": v} for k, v in self.paths.top()],
             "top_clients": [{"client": k, "minted": v} for k, v in self.clients.top()],
+            "top_n": self.config.top_n,
             "by_listener": dict(self.by_listener),
             "pinned": {"entries": len(self._pins), "max_entries": self.config.max_pinned},
         }

@@ -7,13 +7,15 @@ from collections.abc import Mapping
 
 import pytest
 
-from gateproxy.core.config import LimitsConfig
+from gateproxy.core.config import LimitsConfig, SessionGuardConfig
 from gateproxy.core.metrics import (
     LIMIT_NAMES,
     Metrics,
     build_stats,
     merge_stats,
+    merge_top,
 )
+from gateproxy.core.session_guard import SessionGuard
 
 ENGINE = {
     "session_cache": {
@@ -274,6 +276,77 @@ def test_merge_of_one_is_identity_and_of_none_is_empty() -> None:
     assert _at(merged, "listeners") == _at(tree, "listeners")
     empty = merge_stats([])
     assert _at(empty, "listeners") == {} and _at(empty, "process.workers") == 0
+
+
+def guard_worker(mints: list[tuple[str, str]], *, top_n: int = 2) -> dict[str, object]:
+    """One worker's tree after its session guard saw a session minted per (path, client)."""
+    m = Metrics()
+    guard = SessionGuard(SessionGuardConfig(top_n=top_n), counters=m.guard)
+    for path, client in mints:
+        guard.on_response(
+            request_headers=[],
+            response_headers=[(b"set-cookie", b"JSESSIONID=s; Path=/")],
+            path=path.encode(),
+            client=client,
+            is_probe=False,
+            method=b"GET",
+            now=0.0,
+            listener="public",
+        )
+    tables = guard.tables()
+    return build_stats(
+        metrics=m, tls={}, upstream_servers={}, guard_tables=tables, process={"open_fds": 1}
+    )
+
+
+#: Worker 1 mostly sees /a, worker 2 mostly /b: the sum puts /b first, which neither table alone
+#: shows (worker 1 ranks /b last, worker 2 has no /a at all).
+GUARD_WORKERS = (
+    [("/a", "10.0.0.1")] * 5 + [("/b", "10.0.0.1")],
+    [("/b", "10.0.0.2")] * 6 + [("/c/7", "10.0.0.3")] * 2,
+)
+
+
+def test_merge_sums_the_guard_tables_and_keeps_the_top_n_of_the_sum() -> None:
+    merged = merge_stats([guard_worker(mints) for mints in GUARD_WORKERS])
+    assert _at(merged, "session_guard.top_paths") == [
+        {"path": "/b", "minted": 7},
+        {"path": "/a", "minted": 5},
+    ]
+    assert _at(merged, "session_guard.top_clients") == [
+        {"client": "10.0.0.1", "minted": 6},
+        {"client": "10.0.0.2", "minted": 6},  # a tie: key order
+    ]
+    assert _at(merged, "session_guard.minted") == 14
+    assert _at(merged, "session_guard.by_listener") == {"public": 14}
+    assert _at(merged, "session_guard.top_n") == 2  # the configured size, not a sum
+    assert _at(merged, "session_guard.pinned") == {"entries": 0, "max_entries": 20000}
+
+
+def test_merged_guard_tables_grow_to_the_configured_top_n() -> None:
+    merged = merge_stats([guard_worker(mints, top_n=10) for mints in GUARD_WORKERS])
+    paths = _at(merged, "session_guard.top_paths")
+    assert paths == [
+        {"path": "/b", "minted": 7},
+        {"path": "/a", "minted": 5},
+        {"path": "/c/{n}", "minted": 2},
+    ]
+    one = guard_worker(GUARD_WORKERS[0])
+    assert _at(merge_stats([one]), "session_guard") == _at(one, "session_guard")
+
+
+def test_merge_top_without_a_size_keeps_the_longest_and_skips_odd_rows() -> None:
+    tables = [
+        [{"path": "/x", "minted": 1}, {"path": "/y", "minted": 4}, {"path": "/z"}],
+        [{"path": "/x", "minted": 5}, "junk", {"path": "/w", "minted": True}],
+        None,
+    ]
+    assert merge_top(tables, key="path") == [
+        {"path": "/x", "minted": 6},
+        {"path": "/y", "minted": 4},
+    ]
+    assert merge_top(tables, key="path", limit=1) == [{"path": "/x", "minted": 6}]
+    assert merge_top([], key="client") == []
 
 
 def _supervised(trees: list[dict[str, object]]) -> dict[str, object]:

@@ -6,7 +6,13 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from gateproxy.core.metrics import Metrics, build_stats, merge_stats
 from gateproxy.core.prometheus import FAMILIES, render_prometheus
-from tests.core.test_metrics import _second_worker, _stats, _supervised
+from tests.core.test_metrics import (
+    GUARD_WORKERS,
+    _second_worker,
+    _stats,
+    _supervised,
+    guard_worker,
+)
 
 
 def _samples(text: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
@@ -136,6 +142,17 @@ def test_session_guard_top_tables_reach_prometheus() -> None:
     assert samples[("gateproxy_session_guard_top_path_minted", (("path", "/x"),))] == 2
     assert samples[("gateproxy_session_guard_top_client_minted", (("client", "10.0.0.9"),))] == 7
     assert samples[("gateproxy_session_guard_minted_total", ())] == 7
+
+
+def test_merged_guard_tables_reach_prometheus_summed() -> None:
+    samples = _samples(render_prometheus(merge_stats([guard_worker(m) for m in GUARD_WORKERS])))
+    top = {k: v for k, v in samples.items() if k[0].startswith("gateproxy_session_guard_top_")}
+    assert top == {
+        _s("session_guard_top_path_minted", path="/b"): 7,
+        _s("session_guard_top_path_minted", path="/a"): 5,
+        _s("session_guard_top_client_minted", client="10.0.0.1"): 6,
+        _s("session_guard_top_client_minted", client="10.0.0.2"): 6,
+    }
 
 
 SUPERVISOR_FAMILIES = {

@@ -7,7 +7,7 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from functools import partial
@@ -85,24 +85,32 @@ class Supervised:
         return dict(json.loads(body))
 
 
+GATEPROXY = (sys.executable, "-m", "gateproxy")
+
+
 @asynccontextmanager
-async def supervised(config: dict[str, Any], tmp_path: Path) -> AsyncIterator[Supervised]:
+async def supervised(
+    config: dict[str, Any], tmp_path: Path, *, command: Sequence[str] = GATEPROXY
+) -> AsyncIterator[Supervised]:
     """Write ``config`` (JSON is YAML) and run ``gateproxy run`` on it until the block ends."""
     path = tmp_path / "gateproxy.yaml"
     path.write_text(json.dumps(config))
-    async with supervised_file(path) as proxy:
+    async with supervised_file(path, command=command) as proxy:
         yield proxy
 
 
 @asynccontextmanager
-async def supervised_file(path: Path) -> AsyncIterator[Supervised]:
+async def supervised_file(
+    path: Path, *, command: Sequence[str] = GATEPROXY
+) -> AsyncIterator[Supervised]:
     """Run ``gateproxy run -c path`` until the block ends; then SIGTERM, and it must exit 0
-    within 15 s."""
+    within 15 s. ``command`` is what runs ``gateproxy`` (say, a wrapper, then the console
+    script)."""
     async with trio.open_nursery() as nursery:
         process: trio.Process = await nursery.start(
             partial(
                 trio.run_process,
-                [sys.executable, "-m", "gateproxy", "run", "-c", str(path)],
+                [*command, "run", "-c", str(path)],
                 stderr=subprocess.PIPE,
                 check=False,
                 env=dict(os.environ, PYTHONUNBUFFERED="1"),

@@ -25,7 +25,7 @@ from tests.helpers.clients import client_context, https_request, split_address
 from tests.helpers.proxy import tls_listener
 from tests.helpers.supervised import supervised
 from tests.helpers.tls_sessions import session_of
-from tests.helpers.upstreams import RecordingUpstream
+from tests.helpers.upstreams import RecordingUpstream, SessionApp
 
 pytestmark = pytest.mark.slow
 
@@ -253,18 +253,26 @@ async def test_metrics_aggregate_workers_and_parse(
     tmp_path: Path, ca: trustme.CA, server_cert: Any
 ) -> None:
     async with (
-        RecordingUpstream() as up,
-        supervised(_config(server_cert, up.address), tmp_path) as gp,
+        SessionApp() as app,  # a session per cookie-less request: the guard tables fill
+        supervised(_config(server_cert, app.address), tmp_path) as gp,
     ):
-        for _ in range(6):
-            assert (await https_request(gp.address(), ca=ca)).status == 200
+        for _ in range(20):
+            assert (await https_request(gp.address(), ca=ca, path="/users/7")).status == 200
         status, body = await gp.get("/metrics")
+        stats = await gp.stats()
     assert status == 200
     families = {f.name: f for f in text_string_to_metric_families(body.decode())}
     requests = families["gateproxy_requests"].samples
-    assert sum(s.value for s in requests if s.name == "gateproxy_requests_total") == 6
+    assert sum(s.value for s in requests if s.name == "gateproxy_requests_total") == 20
     [workers] = families["gateproxy_process_workers"].samples
     assert workers.value == 2
+    # the per-path and per-client tables are the sum over the workers, not the first worker's
+    served = _requests_by_worker(stats)
+    assert len(served) == 2 and all(n > 0 for n in served.values()), served
+    assert stats["session_guard"]["top_paths"] == [{"path": "/users/{n}", "minted": 20}]
+    assert stats["session_guard"]["top_clients"] == [{"client": "127.0.0.1", "minted": 20}]
+    [path] = families["gateproxy_session_guard_top_path_minted"].samples
+    assert (path.labels, path.value) == ({"path": "/users/{n}"}, 20)
 
 
 async def test_sigusr1_reopens_the_access_log_in_every_worker(
