@@ -3,10 +3,14 @@
 Theory of operation. :class:`Daemon` runs two nurseries: the *connection* nursery holds every
 client connection; inside it the *service* nursery holds the accept loops, the admin listener,
 the timers (session-cache sweep, ticket rotation, upstream idle expiry) and the signal watcher.
-Stopping (SIGTERM/SIGINT or :meth:`Daemon.request_stop`) cancels the service nursery — no more
-accepts — then marks the runtime as draining (health answers turn 503, responses carry
-``Connection: close``, idle keep-alive connections are woken and closed) and gives in-flight
-requests ``shutdown_timeout`` before cancelling what is left. A second signal cancels at once.
+Stopping (SIGTERM/SIGINT or :meth:`Daemon.request_stop`) first marks the runtime as draining
+(health answers turn 503, responses carry ``Connection: close``). With ``shutdown_delay`` > 0 the
+daemon is then a *lame duck* for that long: it still accepts and serves, so a load balancer that
+has not yet seen the 503 gets answers, not refused connections. Then it cancels the service
+nursery — no more accepts — wakes and closes idle keep-alive connections and gives in-flight
+requests ``shutdown_timeout`` before cancelling what is left. A further signal hurries one step
+(:meth:`Daemon.hurry`): during the delay it starts the drain at once, during the drain it cancels
+what is left.
 
 *Retiring* (SIGQUIT or :meth:`Daemon.retire`) is the gentle stop a reload uses on the old
 generation of workers: accepting stops, but health answers stay as they are and established
@@ -81,7 +85,10 @@ class Daemon:
         self.addresses: dict[str, tuple[str, int]] = {}
         self.admin_address: tuple[str, int] | None = None
         self._stop = trio.Event()
+        self._skip_delay = trio.Event()
+        self._delay_over = False
         self._drain_requested = False
+        self._drain_started = False
         self._cut_short = False
         self._connections: trio.Nursery | None = None
         self.stopped_accepting = trio.Event()
@@ -95,12 +102,23 @@ class Daemon:
         return self._runtime
 
     def request_stop(self, *, at_once: bool = False) -> None:
-        """Begin a graceful drain (again: no-op); ``at_once`` cancels what is left."""
+        """Begin a graceful stop: the lame-duck delay, then the drain (again: no-op);
+        ``at_once`` skips the delay and cancels what is left."""
         self._cut_short = self._cut_short or at_once
+        if at_once:
+            self._skip_delay.set()
         self._drain_requested = True
         self._stop.set()
         if self.stopped_accepting.is_set() and self._connections is not None:
             self._drain(self._connections)  # retiring, or a second signal: act now
+
+    def hurry(self) -> None:
+        """A further stop signal: end the lame-duck delay now, or (already draining, or no
+        delay) cancel what is left."""
+        if self._drain_requested and not self._delay_over and self._delay() > 0:
+            self._skip_delay.set()
+        else:
+            self.request_stop(at_once=True)
 
     def retire(self) -> None:
         """Stop accepting; let established connections finish (see the module docstring)."""
@@ -140,6 +158,7 @@ class Daemon:
                         event(name, listeners=self.addresses, admin=self.admin_address)
                         task_status.started(self)
                         await self._stop.wait()
+                        await self._lame_duck()
                         services.cancel_scope.cancel()
                     self._connections = connections
                     self.stopped_accepting.set()
@@ -175,8 +194,27 @@ class Daemon:
             return open_listeners(listener.config.bind)
         return [trio_listener(inherited)]
 
+    def _delay(self) -> float:
+        return 0.0 if self._cut_short else self.config.shutdown_delay
+
+    async def _lame_duck(self) -> None:
+        """Stopping (not retiring): answer health 503 and close each connection after its next
+        response, but go on accepting for ``shutdown_delay`` (or until :meth:`hurry`)."""
+        try:
+            if not self._drain_requested or self.shared.retiring:
+                return  # retiring: a new generation accepts on the same sockets already
+            self.shared.draining = True
+            delay = self._delay()
+            if delay > 0 and not self._skip_delay.is_set():
+                event("lame_duck", delay_s=delay)
+                with trio.move_on_after(delay):
+                    await self._skip_delay.wait()
+        finally:
+            self._delay_over = True
+
     def _drain(self, connections: trio.Nursery) -> None:
-        if not self.shared.draining:
+        if not self._drain_started:
+            self._drain_started = True
             self.shared.draining = True
             event("draining", timeout_s=self.config.shutdown_timeout)
             self._set_deadline(connections)
@@ -207,9 +245,11 @@ class Daemon:
             self.reopen_logs()
         elif signum == signal.SIGQUIT:
             self.retire()
-        else:  # the second signal cuts the drain short, except in a worker: there only the
-            # supervisor does (under systemd both the signal and the supervisor's stop arrive)
-            self.request_stop(at_once=self._drain_requested and self.role != "worker")
+        elif self._drain_requested and self.role != "worker":
+            self.hurry()  # a further signal; in a worker only the supervisor hurries (under
+            # systemd both the signal and the supervisor's stop may arrive)
+        else:
+            self.request_stop()
 
     def install_ticket_keys(self, keys: Mapping[str, Sequence[TicketKey]]) -> None:
         """Swap in keys handed down by the supervisor (listener name -> keys, encrypting first)."""
