@@ -38,7 +38,7 @@ import trio
 
 from gateproxy.core.config import AccessLogConfig, Config
 from gateproxy.core.metrics import build_stats
-from gateproxy.core.ticket_keys import TicketKey
+from gateproxy.core.ticket_keys import TicketKey, keep_known
 from gateproxy.logs import AccessLog, event
 from gateproxy.net.admin import open_admin_listeners, serve_admin
 from gateproxy.net.listener import bound_address, open_listeners, serve_listener, trio_listener
@@ -256,7 +256,7 @@ class Daemon:
         for listener in self.runtime.listeners:
             handed, engine = keys.get(listener.name), listener.engine
             if handed and engine is not None and engine.keyring is not None:
-                engine.replace_keys(_keep_unchanged(engine.keyring.keys(), list(handed)))
+                engine.replace_keys(keep_known(engine.keyring.keys(), list(handed)))
 
     def reload_ticket_keys(self) -> dict[str, bool]:
         """Re-read every listener's ticket key files and swap the keys in (what SIGHUP does).
@@ -288,7 +288,7 @@ class Daemon:
                 )
                 results[listener.name] = False
                 continue
-            keys = _keep_unchanged(current, keys)
+            keys = keep_known(current, keys)
             engine.replace_keys(keys)
             event(
                 "ticket_keys_reloaded",
@@ -341,12 +341,6 @@ def _resolved_log_config(config: Config, *, base_dir: Path) -> AccessLogConfig:
     if log.path in ("-", "off") or Path(log.path).expanduser().is_absolute():
         return log
     return log.model_copy(update={"path": str(base_dir / log.path)})
-
-
-def _keep_unchanged(old: Sequence[TicketKey], new: list[TicketKey]) -> list[TicketKey]:
-    """``new`` with every key already in ``old`` (same name and material) kept as it was."""
-    known = {(k.name, k.aes_key, k.hmac_key): k for k in old}
-    return [known.get((k.name, k.aes_key, k.hmac_key), k) for k in new]
 
 
 async def _serve_admin_task(

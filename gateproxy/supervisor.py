@@ -7,9 +7,11 @@ binds every listener (one ``SO_REUSEPORT`` socket per worker, ``net.listen_slots
 ``workers`` worker processes (``gateproxy.worker``), each a ``Daemon`` accepting on the sockets
 of its slot. It never accepts a client connection itself. It also:
 
-* **makes the ticket keys** of every listener without ``key_files`` and rotates them on its own
-  clock, handing each new key list to every worker, so a client resumes on whichever worker it
-  lands (listeners with ``key_files`` have their workers read the files);
+* **holds the ticket keys** (``net.key_rings``): it makes and rotates them on its own clock for
+  every listener without ``key_files`` and reads the key files of the others (again on each
+  reload, logging ``ticket_keys_reloaded`` once per listener), handing each key list to every
+  worker with the keys' ages, so a client resumes on whichever worker it lands and a key's age
+  does not restart with a new worker;
 * **restarts a worker that dies**, in the same slot, with back-off (``core.restarts``);
 * **reloads on SIGHUP**: re-read and validate everything; on any problem log each one with its
   key path and keep the running generation. Otherwise open the sockets of new listeners, start a
@@ -87,7 +89,7 @@ class Supervisor:
         self.base_dir = path.resolve().parent
         self.current = Generation(1, config, text)
         self.slots = ListenSlots()
-        self.keys = SupervisorKeys()
+        self.keys = SupervisorKeys(base_dir=self.base_dir, source=str(path))
         self.retiring: list[WorkerHandle] = []
         self.policies: dict[int, RestartPolicy] = {}
         self.counters = {"worker_restarts": 0, "reloads": 0, "reload_failures": 0}
@@ -263,7 +265,7 @@ class Supervisor:
             try:
                 config, text = load_and_check(self.path)
                 gen = Generation(self.current.number + 1, config, text)
-                self.keys.prepare(config, now=trio.current_time())
+                from_files = self.keys.prepare(config, now=trio.current_time())
                 started = await self._start_generation(gen)
             except (ConfigError, ListenError) as exc:
                 return self._reload_failed(_problem_lines(exc))
@@ -272,6 +274,8 @@ class Supervisor:
                 self.slots.keep_only(self.current.wanted_sockets())
                 return self._reload_failed(["the new workers did not start (see above)"])
             await self._switch_to(gen)
+            for name in from_files:  # once per listener, not once per worker
+                event("ticket_keys_reloaded", listener=name, keys=self.keys.prefixes(name))
             return True
 
     def _commit(self, gen: Generation) -> None:
