@@ -3,10 +3,14 @@
 Theory of operation. :class:`Daemon` runs two nurseries: the *connection* nursery holds every
 client connection; inside it the *service* nursery holds the accept loops, the admin listener,
 the timers (session-cache sweep, ticket rotation, upstream idle expiry) and the signal watcher.
-Stopping (SIGTERM/SIGINT or :meth:`Daemon.request_stop`) cancels the service nursery — no more
-accepts — then marks the runtime as draining (health answers turn 503, responses carry
-``Connection: close``, idle keep-alive connections are woken and closed) and gives in-flight
-requests ``shutdown_timeout`` before cancelling what is left. A second signal cancels at once.
+Stopping (SIGTERM/SIGINT or :meth:`Daemon.request_stop`) first marks the runtime as draining
+(health answers turn 503, responses carry ``Connection: close``). With ``shutdown_delay`` > 0 the
+daemon is then a *lame duck* for that long: it still accepts and serves, so a load balancer that
+has not yet seen the 503 gets answers, not refused connections. Then it cancels the service
+nursery — no more accepts — wakes and closes idle keep-alive connections and gives in-flight
+requests ``shutdown_timeout`` before cancelling what is left. A further signal hurries one step
+(:meth:`Daemon.hurry`): during the delay it starts the drain at once, during the drain it cancels
+what is left.
 
 *Retiring* (SIGQUIT or :meth:`Daemon.retire`) is the gentle stop a reload uses on the old
 generation of workers: accepting stops, but health answers stay as they are and established
@@ -35,7 +39,7 @@ import trio
 
 from gateproxy.core.config import AccessLogConfig, Config
 from gateproxy.core.metrics import build_stats
-from gateproxy.core.ticket_keys import TicketKey
+from gateproxy.core.ticket_keys import TicketKey, keep_known
 from gateproxy.logs import AccessLog, event
 from gateproxy.net.admin import open_admin_listeners, serve_admin
 from gateproxy.net.listener import bound_address, open_listeners, serve_listener, trio_listener
@@ -82,7 +86,10 @@ class Daemon:
         self.addresses: dict[str, tuple[str, int]] = {}
         self.admin_address: tuple[str, int] | None = None
         self._stop = trio.Event()
+        self._skip_delay = trio.Event()
+        self._delay_over = False
         self._drain_requested = False
+        self._drain_started = False
         self._cut_short = False
         self._connections: trio.Nursery | None = None
         self.stopped_accepting = trio.Event()
@@ -96,12 +103,23 @@ class Daemon:
         return self._runtime
 
     def request_stop(self, *, at_once: bool = False) -> None:
-        """Begin a graceful drain (again: no-op); ``at_once`` cancels what is left."""
+        """Begin a graceful stop: the lame-duck delay, then the drain (again: no-op);
+        ``at_once`` skips the delay and cancels what is left."""
         self._cut_short = self._cut_short or at_once
+        if at_once:
+            self._skip_delay.set()
         self._drain_requested = True
         self._stop.set()
         if self.stopped_accepting.is_set() and self._connections is not None:
             self._drain(self._connections)  # retiring, or a second signal: act now
+
+    def hurry(self) -> None:
+        """A further stop signal: end the lame-duck delay now, or (already draining, or no
+        delay) cancel what is left."""
+        if self._drain_requested and not self._delay_over and self._delay() > 0:
+            self._skip_delay.set()
+        else:
+            self.request_stop(at_once=True)
 
     def retire(self) -> None:
         """Stop accepting; let established connections finish (see the module docstring)."""
@@ -142,6 +160,7 @@ class Daemon:
                         event(name, listeners=self.addresses, admin=self.admin_address)
                         task_status.started(self)
                         await self._stop.wait()
+                        await self._lame_duck()
                         services.cancel_scope.cancel()
                     self._connections = connections
                     self.stopped_accepting.set()
@@ -177,8 +196,27 @@ class Daemon:
             return open_listeners(listener.config.bind)
         return [trio_listener(inherited)]
 
+    def _delay(self) -> float:
+        return 0.0 if self._cut_short else self.config.shutdown_delay
+
+    async def _lame_duck(self) -> None:
+        """Stopping (not retiring): answer health 503 and close each connection after its next
+        response, but go on accepting for ``shutdown_delay`` (or until :meth:`hurry`)."""
+        try:
+            if not self._drain_requested or self.shared.retiring:
+                return  # retiring: a new generation accepts on the same sockets already
+            self.shared.draining = True
+            delay = self._delay()
+            if delay > 0 and not self._skip_delay.is_set():
+                event("lame_duck", delay_s=delay)
+                with trio.move_on_after(delay):
+                    await self._skip_delay.wait()
+        finally:
+            self._delay_over = True
+
     def _drain(self, connections: trio.Nursery) -> None:
-        if not self.shared.draining:
+        if not self._drain_started:
+            self._drain_started = True
             self.shared.draining = True
             event("draining", timeout_s=self.config.shutdown_timeout)
             self._set_deadline(connections)
@@ -209,16 +247,18 @@ class Daemon:
             self.reopen_logs()
         elif signum == signal.SIGQUIT:
             self.retire()
-        else:  # the second signal cuts the drain short, except in a worker: there only the
-            # supervisor does (under systemd both the signal and the supervisor's stop arrive)
-            self.request_stop(at_once=self._drain_requested and self.role != "worker")
+        elif self._drain_requested and self.role != "worker":
+            self.hurry()  # a further signal; in a worker only the supervisor hurries (under
+            # systemd both the signal and the supervisor's stop may arrive)
+        else:
+            self.request_stop()
 
     def install_ticket_keys(self, keys: Mapping[str, Sequence[TicketKey]]) -> None:
         """Swap in keys handed down by the supervisor (listener name -> keys, encrypting first)."""
         for listener in self.runtime.listeners:
             handed, engine = keys.get(listener.name), listener.engine
             if handed and engine is not None and engine.keyring is not None:
-                engine.replace_keys(_keep_unchanged(engine.keyring.keys(), list(handed)))
+                engine.replace_keys(keep_known(engine.keyring.keys(), list(handed)))
 
     def reload_ticket_keys(self) -> dict[str, bool]:
         """Re-read every listener's ticket key files and swap the keys in (what SIGHUP does).
@@ -250,7 +290,7 @@ class Daemon:
                 )
                 results[listener.name] = False
                 continue
-            keys = _keep_unchanged(current, keys)
+            keys = keep_known(current, keys)
             engine.replace_keys(keys)
             event(
                 "ticket_keys_reloaded",
@@ -306,12 +346,6 @@ def _resolved_log_config(config: Config, *, base_dir: Path) -> AccessLogConfig:
     if log.path in ("-", "off") or Path(log.path).expanduser().is_absolute():
         return log
     return log.model_copy(update={"path": str(base_dir / log.path)})
-
-
-def _keep_unchanged(old: Sequence[TicketKey], new: list[TicketKey]) -> list[TicketKey]:
-    """``new`` with every key already in ``old`` (same name and material) kept as it was."""
-    known = {(k.name, k.aes_key, k.hmac_key): k for k in old}
-    return [known.get((k.name, k.aes_key, k.hmac_key), k) for k in new]
 
 
 async def _serve_admin_task(

@@ -7,9 +7,11 @@ binds every listener (one ``SO_REUSEPORT`` socket per worker, ``net.listen_slots
 ``workers`` worker processes (``gateproxy.worker``), each a ``Daemon`` accepting on the sockets
 of its slot. It never accepts a client connection itself. It also:
 
-* **makes the ticket keys** of every listener without ``key_files`` and rotates them on its own
-  clock, handing each new key list to every worker, so a client resumes on whichever worker it
-  lands (listeners with ``key_files`` have their workers read the files);
+* **holds the ticket keys** (``net.key_rings``): it makes and rotates them on its own clock for
+  every listener without ``key_files`` and reads the key files of the others (again on each
+  reload, logging ``ticket_keys_reloaded`` once per listener), handing each key list to every
+  worker with the keys' ages, so a client resumes on whichever worker it lands and a key's age
+  does not restart with a new worker;
 * **restarts a worker that dies**, in the same slot, with back-off (``core.restarts``);
 * **reloads on SIGHUP**: re-read and validate everything; on any problem log each one with its
   key path and keep the running generation. Otherwise open the sockets of new listeners, start a
@@ -17,9 +19,11 @@ of its slot. It never accepts a client connection itself. It also:
   ones to *retire* (stop accepting; open connections finish under the old config, each closed
   after its next response) and close the sockets of removed listeners. The sockets of listeners
   that stay are the same sockets throughout, so no connection attempt is refused;
-* **drains on SIGTERM/SIGINT**: stop accepting everywhere, tell every worker to drain (health
-  answers 503, idle keep-alive connections closed, in-flight requests get ``shutdown_timeout``),
-  exit 0 once all workers exited 0. A second signal makes the workers cut their drain short;
+* **drains on SIGTERM/SIGINT**: tell every worker to stop: health answers 503 at once, and with
+  ``shutdown_delay`` the workers go on accepting for that long (lame duck); then they stop
+  accepting, close idle keep-alive connections and give in-flight requests
+  ``shutdown_timeout``; exit 0 once all workers exited 0. Each further signal hurries the
+  workers one step: the first ends the delay, the next cuts the drain short;
 * **serves the admin listener**: ``/stats`` merges the workers' trees (``core.metrics
   .merge_stats``) and lists each worker; ``/metrics`` renders the merged tree;
 * forwards SIGUSR1 (reopen the access log) to the workers.
@@ -85,7 +89,7 @@ class Supervisor:
         self.base_dir = path.resolve().parent
         self.current = Generation(1, config, text)
         self.slots = ListenSlots()
-        self.keys = SupervisorKeys()
+        self.keys = SupervisorKeys(base_dir=self.base_dir, source=str(path))
         self.retiring: list[WorkerHandle] = []
         self.policies: dict[int, RestartPolicy] = {}
         self.counters = {"worker_restarts": 0, "reloads": 0, "reload_failures": 0}
@@ -94,7 +98,7 @@ class Supervisor:
         self.exit_status = 0
         self._stop = trio.Event()
         self._stop_count = 0
-        self._second_stop = trio.Event()
+        self._further_stop = trio.Event()
         self._reload_lock = trio.Lock()
         self._admin_scope: trio.CancelScope | None = None
         self._stats_cache: dict[str, object] = merge_stats([])
@@ -147,11 +151,11 @@ class Supervisor:
             nursery.cancel_scope.cancel()
 
     def request_stop(self) -> None:
-        """Drain every worker and exit; the second call makes the workers stop at once."""
+        """Stop every worker and exit; each further call hurries the workers one step."""
         self._stop_count += 1
         self._stop.set()
         if self._stop_count > 1:
-            self._second_stop.set()
+            self._further_stop.set()
 
     async def _drain(self) -> None:
         self.slots.close_all()  # our copies; each worker closes its own when it stops accepting
@@ -159,13 +163,16 @@ class Supervisor:
         for handle in handles:
             handle.state = "stopping"
             await handle.send({"op": "stop"})
-        with trio.move_on_after(5.0):
-            for handle in handles:
-                await handle.draining.wait()
-        timeout = self.current.config.shutdown_timeout
-        event("draining", timeout_s=timeout, workers=[h.pid for h in handles])
+        config = self.current.config
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(self._forward_second_stop, handles)
+            nursery.start_soon(self._forward_further_stops, handles)
+            if config.shutdown_delay > 0:
+                event("lame_duck", delay_s=config.shutdown_delay, workers=[h.pid for h in handles])
+            with trio.move_on_after(config.shutdown_delay + 5.0):
+                for handle in handles:
+                    await handle.draining.wait()
+            timeout = config.shutdown_timeout
+            event("draining", timeout_s=timeout, workers=[h.pid for h in handles])
             with trio.move_on_after(timeout + 5.0):  # each worker enforces timeout itself
                 for handle in handles:
                     await handle.exited.wait()
@@ -175,10 +182,12 @@ class Supervisor:
             await handle.exited.wait()
         self.exit_status = 0 if all(h.returncode == 0 for h in handles) else 1
 
-    async def _forward_second_stop(self, handles: list[WorkerHandle]) -> None:
-        await self._second_stop.wait()
-        for handle in handles:
-            await handle.send({"op": "stop", "at_once": True})
+    async def _forward_further_stops(self, handles: list[WorkerHandle]) -> None:
+        while True:
+            await self._further_stop.wait()
+            self._further_stop = trio.Event()
+            for handle in handles:
+                await handle.send({"op": "stop", "hurry": True})
 
     # --- workers --------------------------------------------------------------------------------
 
@@ -256,7 +265,7 @@ class Supervisor:
             try:
                 config, text = load_and_check(self.path)
                 gen = Generation(self.current.number + 1, config, text)
-                self.keys.prepare(config, now=trio.current_time())
+                from_files = self.keys.prepare(config, now=trio.current_time())
                 started = await self._start_generation(gen)
             except (ConfigError, ListenError) as exc:
                 return self._reload_failed(_problem_lines(exc))
@@ -265,6 +274,8 @@ class Supervisor:
                 self.slots.keep_only(self.current.wanted_sockets())
                 return self._reload_failed(["the new workers did not start (see above)"])
             await self._switch_to(gen)
+            for name in from_files:  # once per listener, not once per worker
+                event("ticket_keys_reloaded", listener=name, keys=self.keys.prefixes(name))
             return True
 
     def _commit(self, gen: Generation) -> None:

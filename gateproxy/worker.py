@@ -10,18 +10,20 @@ supervisor -> worker
     ``keys``    new ticket keys after a rotation (name -> keys, encryption key first)
     ``stats``   ask for this worker's stats tree; answered with ``stats_reply`` and the same ``id``
     ``retire``  a reload replaced this worker: stop accepting, finish what is open
-    ``stop``    drain (SIGTERM semantics); with ``at_once`` cancel what is left now. A worker's
-                own SIGTERM/SIGINT drains too but never cuts short: under systemd's default
-                KillMode both the signal and the supervisor's ``stop`` arrive
+    ``stop``    stop (SIGTERM semantics: the ``shutdown_delay`` lame duck, then the drain); with
+                ``hurry`` (a further signal on the supervisor) end the delay now, or once
+                draining cancel what is left; with ``at_once`` cancel what is left now. A
+                worker's own SIGTERM/SIGINT stops it too but never hurries: under systemd's
+                default KillMode both the signal and the supervisor's ``stop`` arrive
     ``reopen_logs``  reopen the access log (SIGUSR1 on the supervisor)
 
 worker -> supervisor
     ``ready``     listening and serving
-    ``draining``  no longer accepting (sent after a ``stop`` or ``retire``)
+    ``draining``  no longer accepting (sent after a ``retire``, or a ``stop`` and its delay)
     ``stats_reply``
 
 End of stream on the control channel means the supervisor is gone: the worker drains and exits,
-so no worker outlives its supervisor by more than ``shutdown_timeout``.
+so no worker outlives its supervisor by more than ``shutdown_delay`` + ``shutdown_timeout``.
 """
 
 from __future__ import annotations
@@ -108,6 +110,8 @@ async def _follow_supervisor(channel: ControlChannel, daemon: Daemon) -> None:
             daemon.install_ticket_keys(_keys(message["ticket_keys"]))
         elif op == "retire":
             daemon.retire()
+        elif op == "stop" and message.get("hurry"):
+            daemon.hurry()
         elif op == "stop":
             daemon.request_stop(at_once=bool(message.get("at_once")))
         elif op == "reopen_logs":

@@ -100,8 +100,9 @@ def test_reload_validates_then_sends_hup_to_the_main_process(
 
 
 def test_stop_gives_the_drain_time_to_finish(service: list[tuple[str, str]]) -> None:
-    default_drain = Config.model_fields["shutdown_timeout"].default
-    assert parse_duration(one(service, "TimeoutStopSec")) > default_drain
+    fields = Config.model_fields
+    default_stop = fields["shutdown_delay"].default + fields["shutdown_timeout"].default
+    assert parse_duration(one(service, "TimeoutStopSec")) > default_stop
     assert one(service, "KillSignal") == "SIGTERM"
     assert one(service, "KillMode") == "mixed"  # SIGTERM to the supervisor only
     assert one(service, "Restart") == "on-failure"

@@ -7,10 +7,12 @@ from __future__ import annotations
 import base64
 import json
 import os
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
+import trio
 
 from gateproxy.core.key_files import new_key_file
 from gateproxy.daemon import Daemon
@@ -125,3 +127,18 @@ async def test_without_key_files_nothing_is_reloaded(server_cert: CertPaths) -> 
         before = _names(daemon)
         assert daemon.reload_ticket_keys() == {}
         assert _names(daemon) == before
+
+
+async def test_a_key_is_as_old_as_its_file(server_cert: CertPaths, tmp_path: Path) -> None:
+    _key(tmp_path / "t.keys", "haproxy")
+    then = time.time() - 1000.0
+    os.utime(tmp_path / "t.keys", (then, then))
+    config = _config(server_cert, key_files=["t.keys"], key_format="haproxy")
+    async with running_proxy(config, base_dir=tmp_path) as daemon:
+        engine = daemon.runtime.listeners[0].engine
+        assert engine is not None and engine.keyring is not None
+        ages = [info.age_s for info in engine.keyring.describe(now=trio.current_time())]
+        assert daemon.reload_ticket_keys() == {"public": True}  # the same file, read again
+        again = [info.age_s for info in engine.keyring.describe(now=trio.current_time())]
+    assert len(ages) == 3 and all(1000.0 <= age < 1100.0 for age in ages)
+    assert all(b >= a for a, b in zip(ages, again, strict=True))

@@ -269,6 +269,7 @@ class AccessLogConfig(_Model):
 class Config(_Model):
     workers: Annotated[int, Field(ge=1, le=256)] | Literal["auto"] = 1
     shutdown_timeout: Duration = 30.0
+    shutdown_delay: Duration = 0.0  # lame duck before the drain: health 503, still accepting
     pid_file: str | None = None  # written by the supervisor; `gateproxy reload` signals it
     tls_engine: Literal["full", "stdlib_only"] = "full"
     listeners: Annotated[tuple[ListenerConfig, ...], Field(min_length=1)]

@@ -34,6 +34,7 @@ from __future__ import annotations
 import base64
 import binascii
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 
 from gateproxy.core.ticket_keys import NAME_LEN, TicketKey, new_ticket_key
 from gateproxy.errors import KeyFileError
@@ -194,13 +195,26 @@ def serialize_haproxy_keys(keys: Sequence[TicketKey]) -> str:
 # --- both -----------------------------------------------------------------------------------------
 
 
-def parse_key_files(files: Sequence[tuple[str, bytes]], *, fmt: str, now: float) -> list[TicketKey]:
+def parse_key_files(
+    files: Sequence[tuple[str, bytes]],
+    *,
+    fmt: str,
+    now: float,
+    created: Sequence[float] | None = None,
+) -> list[TicketKey]:
     """Load the configured key files ``(path, content)`` in format ``fmt``; encryption key first.
 
-    ``haproxy`` takes exactly one file (ASCII text).
+    ``haproxy`` takes exactly one file (ASCII text). ``created`` (one per file, e.g. each file's
+    modification time on the caller's clock) is the ``created`` of the keys a file holds, so a
+    key's age is its file's age; without it every key is created ``now``.
     """
+    if created is not None and len(created) != len(files):
+        raise ValueError(f"created: expected one time per file ({len(files)}), got {len(created)}")
     if fmt == "nginx":
-        return parse_nginx_key_files(files, now=now)
+        keys = parse_nginx_key_files(files, now=now)
+        if created is None:
+            return keys
+        return [replace(key, created=when) for key, when in zip(keys, created, strict=True)]
     if fmt != "haproxy":
         raise ValueError(f"unknown key file format {fmt!r}; expected one of {KEY_FORMATS}")
     if len(files) != 1:
@@ -215,7 +229,7 @@ def parse_key_files(files: Sequence[tuple[str, bytes]], *, fmt: str, now: float)
         raise KeyFileError(
             path, f"an HAProxy key file must be ASCII text (base64 lines); byte {exc.start} is not"
         ) from exc
-    return parse_haproxy_keys(text, path=path, now=now)
+    return parse_haproxy_keys(text, path=path, now=now if created is None else created[0])
 
 
 def new_key_file(*, fmt: str, random_bytes: Callable[[int], bytes], now: float) -> bytes:

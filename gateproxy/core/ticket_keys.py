@@ -17,6 +17,12 @@ Two kinds of ring:
   first one encrypts, nothing rotates automatically; a SIGHUP re-reads the files and calls
   ``replace(keys)``.
 
+A key's age (``describe``, the ``tls_ticket_key_age_seconds`` metric) is ``now - created``, on
+the caller's clock. It must not restart when nothing changed, or "rotation stopped" alerts never
+fire: a key read from a file is as old as its file (``key_files.parse_key_files(created=)``),
+:func:`keep_known` keeps the ``created`` of keys a reload reads again, and keys travel between
+processes (whose clocks differ) with their age (:func:`keys_to_wire`).
+
 The ring's state is one immutable :class:`_Snapshot` (the key tuple and a name index built from
 it) replaced by a single attribute assignment, so a ticket callback that reads it once per call
 always sees a consistent ring, even if a rotation happens between two callbacks. ``lookup`` is one
@@ -34,6 +40,7 @@ __all__ = [
     "KeyRing",
     "TicketKey",
     "TicketStats",
+    "keep_known",
     "keys_from_wire",
     "keys_to_wire",
     "new_ticket_key",
@@ -88,6 +95,13 @@ def new_ticket_key(*, random_bytes: Callable[[int], bytes], now: float) -> Ticke
         hmac_key=random_bytes(32),
         created=now,
     )
+
+
+def keep_known(old: Sequence[TicketKey], new: Sequence[TicketKey]) -> list[TicketKey]:
+    """``new`` with every key already in ``old`` (same name and material) kept as it was, so a
+    reload that re-reads an unchanged key does not make it young again."""
+    known = {(k.name, k.aes_key, k.hmac_key): k for k in old}
+    return [known.get((k.name, k.aes_key, k.hmac_key), k) for k in new]
 
 
 def keys_to_wire(keys: Sequence[TicketKey], *, now: float) -> list[dict[str, object]]:

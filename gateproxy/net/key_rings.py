@@ -1,43 +1,88 @@
-"""The supervisor's ticket-key rings: one per TLS listener that makes its own keys.
+"""The supervisor's ticket-key rings: one per TLS listener whose workers share ticket keys.
 
-A listener with ``tickets.key_files`` reads its keys in each worker; a listener with stateful
-tickets, tickets off or the degraded ``stdlib_only`` engine has no keys to share. Every other
-TLS listener gets a rotating :class:`~gateproxy.core.ticket_keys.KeyRing` here, and the workers
-receive its keys (``wire``), so all workers encrypt and decrypt with the same keys. A reload
-keeps the ring of a listener whose name and rotation settings did not change, so tickets issued
-before the reload still resume after it.
+A listener with stateful tickets, tickets off or the degraded ``stdlib_only`` engine has no keys
+to share. Every other TLS listener gets a ring here, and the workers receive its keys (``wire``),
+so all workers encrypt and decrypt with the same keys:
+
+* a listener with ``tickets.key_files`` gets a fixed ring of the keys in its files, read here
+  (so every worker of a generation gets the same keys, and a restarted worker the same ones as
+  its siblings) and read again on each reload. A key is as old as its file, and a key that a
+  reload reads again keeps the age it had;
+* any other listener gets a rotating :class:`~gateproxy.core.ticket_keys.KeyRing`. A reload keeps
+  the ring of a listener whose name and rotation settings did not change, so tickets issued
+  before the reload still resume after it.
+
+Keys travel to the workers with their age, so a new generation or a restarted worker reports
+the same key ages as the workers before it.
 """
 
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 from gateproxy.core.config import Config, ListenerConfig
-from gateproxy.core.ticket_keys import KeyRing, keys_to_wire
+from gateproxy.core.ticket_keys import KeyRing, keep_known, keys_to_wire
+from gateproxy.errors import ConfigError, ConfigProblem
+from gateproxy.net.runtime import read_ticket_keys
+
+_FILES = "key_files"
+_Settings = tuple[float, int] | str  # (rotate_every, keep) of a rotating ring, or _FILES
+_Entry = tuple[_Settings, KeyRing]
 
 
 class SupervisorKeys:
-    """Listener name -> rotating key ring, kept across reloads where the settings allow."""
+    """Listener name -> shared key ring, kept across reloads where the settings allow."""
 
-    def __init__(self) -> None:
-        self._rings: dict[str, tuple[tuple[float, int], KeyRing]] = {}
+    def __init__(self, *, base_dir: Path = Path("."), source: str = "<config>") -> None:
+        """``base_dir``: the folder relative key file names are resolved against."""
+        self._base_dir = base_dir
+        self._source = source
+        self._rings: dict[str, _Entry] = {}
 
-    def prepare(self, config: Config, *, now: float) -> None:
-        """Rings for ``config``'s listeners: keep matching ones, make new ones, drop the rest."""
-        rings = {}
-        for lc in config.listeners:
+    def prepare(self, config: Config, *, now: float) -> list[str]:
+        """Rings for ``config``'s listeners: keep matching ones, make new ones, read the key
+        files, drop the rest. Returns the names of the listeners whose keys were read from
+        files. On any key file problem: ConfigError listing them all, and nothing changes."""
+        rings: dict[str, _Entry] = {}
+        problems: list[ConfigProblem] = []
+        for index, lc in enumerate(config.listeners):
             settings = _ring_settings(config, lc)
-            if settings is None:
-                continue
             kept = self._rings.get(lc.name)
-            if kept is not None and kept[0] == settings:
-                rings[lc.name] = kept
-            else:
-                ring = KeyRing(
-                    rotate_every=settings[0], keep=settings[1], random_bytes=os.urandom, now=now
-                )
-                rings[lc.name] = (settings, ring)
+            if settings == _FILES:
+                ring, found = self._read_files(lc, index=index, now=now, kept=kept)
+                problems += found
+                if ring is not None:
+                    rings[lc.name] = (settings, ring)
+            elif isinstance(settings, tuple):
+                if kept is not None and kept[0] == settings:
+                    rings[lc.name] = kept
+                else:
+                    ring = KeyRing(
+                        rotate_every=settings[0], keep=settings[1], random_bytes=os.urandom, now=now
+                    )
+                    rings[lc.name] = (settings, ring)
+        if problems:
+            raise ConfigError(self._source, problems)
         self._rings = rings
+        return [name for name, (settings, _) in rings.items() if settings == _FILES]
+
+    def _read_files(
+        self,
+        lc: ListenerConfig,
+        *,
+        index: int,
+        now: float,
+        kept: _Entry | None,
+    ) -> tuple[KeyRing | None, list[ConfigProblem]]:
+        assert lc.tls is not None
+        path = f"listeners[{index}].tls"
+        keys, problems = read_ticket_keys(lc.tls, base_dir=self._base_dir, now=now, path=path)
+        if problems or not keys:
+            return None, problems
+        if kept is not None:
+            keys = keep_known(kept[1].keys(), keys)
+        return KeyRing.from_keys(keys), []
 
     def rotate_if_due(self, *, now: float) -> list[str]:
         """Rotate every ring that is due; the names of the listeners whose keys changed."""
@@ -52,11 +97,14 @@ class SupervisorKeys:
         return [key.name_prefix() for key in self._rings[name][1].keys()]  # noqa: SIM118
 
 
-def _ring_settings(config: Config, lc: ListenerConfig) -> tuple[float, int] | None:
+def _ring_settings(config: Config, lc: ListenerConfig) -> _Settings | None:
+    """``(rotate_every, keep)`` for a rotating ring, ``"key_files"``, or None: no shared keys."""
     tls = lc.tls
     if tls is None or config.tls_engine != "full":
         return None
     tickets = tls.tickets
-    if not tickets.enabled or not tickets.stateless or tickets.key_files:
+    if not tickets.enabled or not tickets.stateless:
         return None
+    if tickets.key_files:
+        return _FILES
     return (tickets.rotate_every, tickets.keep)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import ssl
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from email.utils import formatdate
@@ -146,7 +147,8 @@ def build_runtime(
     """Build every listener's contexts and engine and every upstream group (no sockets yet).
 
     ``ticket_keys`` (listener name -> keys, encryption key first) are keys handed down by a
-    supervisor: a listener found there uses them as a fixed ring instead of rotating its own.
+    supervisor (its rotating ring, or the key files it read): a listener found there uses them
+    as a fixed ring instead of rotating its own or reading its key files.
     """
     upstreams = {
         name: UpstreamGroup(name, cfg, counters=shared.metrics.upstream(name))
@@ -211,13 +213,9 @@ def _build_listener(
         contexts = build_listener_contexts(
             lc.tls, base_dir=base_dir, source=source, path=f"listeners[{index}].tls"
         )
-        keys, problems = read_ticket_keys(
-            lc.tls, base_dir=base_dir, now=clock(), path=f"listeners[{index}].tls"
+        keys = list(handed_keys or ()) or _own_ticket_keys(
+            lc.tls, base_dir=base_dir, now=clock(), path=f"listeners[{index}].tls", source=source
         )
-        if problems:
-            raise ConfigError(source, problems)
-        if not keys and handed_keys:
-            keys = list(handed_keys)
         runtime.main_context = contexts.main
         runtime.probe_context = contexts.probe
         runtime.engine = ListenerTLSEngine(
@@ -232,6 +230,15 @@ def _build_listener(
     return runtime
 
 
+def _own_ticket_keys(
+    tls: TLSConfig, *, base_dir: Path, now: float, path: str, source: str
+) -> list[TicketKey]:
+    keys, problems = read_ticket_keys(tls, base_dir=base_dir, now=now, path=path)
+    if problems:
+        raise ConfigError(source, problems)
+    return keys
+
+
 def read_ticket_keys(
     tls: TLSConfig, *, base_dir: Path, now: float, path: str
 ) -> tuple[list[TicketKey], list[ConfigProblem]]:
@@ -239,23 +246,27 @@ def read_ticket_keys(
 
     Returns ``(keys, problems)``: no keys and no problems when no key files are configured;
     otherwise either the keys or every problem found, each at
-    ``<path>.tickets.key_files[j]`` (``path`` is the dotted prefix of ``tls``).
+    ``<path>.tickets.key_files[j]`` (``path`` is the dotted prefix of ``tls``). A key is as old
+    as its file: ``created`` is ``now`` (this process's clock) minus the file's age by its
+    modification time.
     """
     names = tls.tickets.key_files
     problems: list[ConfigProblem] = []
     files: list[tuple[str, bytes]] = []
+    created: list[float] = []
     fmt = tls.tickets.key_format
     for j, name in enumerate(names):
         where = f"{path}.tickets.key_files[{j}]"
         file = Path(name).expanduser()
         file = file if file.is_absolute() else base_dir / file
         try:
-            data = file.read_bytes()
+            data, mtime = _read_with_mtime(file)
         except OSError as exc:
             message = f"cannot read ticket key file {file}: {exc.strerror or exc}"
             problems.append(ConfigProblem(where, message))
             continue
         files.append((str(file), data))
+        created.append(now - max(0.0, time.time() - mtime))
         if fmt == "nginx":  # one key per file: report every bad file, not just the first
             try:
                 parse_key_files([(str(file), data)], fmt=fmt, now=now)
@@ -264,11 +275,17 @@ def read_ticket_keys(
     if problems or not files:
         return [], problems
     try:
-        return parse_key_files(files, fmt=fmt, now=now), []
+        return parse_key_files(files, fmt=fmt, now=now, created=created), []
     except KeyFileError as exc:
         paths = [p for p, _ in files]
         j = paths.index(exc.path) if exc.path in paths else 0
         return [], [ConfigProblem(f"{path}.tickets.key_files[{j}]", str(exc))]
+
+
+def _read_with_mtime(file: Path) -> tuple[bytes, float]:
+    """The file's bytes and the modification time (wall clock) of the file that was read."""
+    with file.open("rb") as handle:
+        return handle.read(), os.fstat(handle.fileno()).st_mtime
 
 
 def urandom(n: int) -> bytes:

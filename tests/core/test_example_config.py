@@ -37,9 +37,16 @@ def test_example_parses_and_matches_defaults() -> None:
     defaults = UpstreamConfig(servers=("127.0.0.1:8080",))
     assert config.upstreams["app"] == defaults
     top = Config(listeners=config.listeners, upstreams=config.upstreams)
-    assert (config.workers, config.shutdown_timeout, config.tls_engine, config.admin) == (
+    assert (
+        config.workers,
+        config.shutdown_timeout,
+        config.shutdown_delay,
+        config.tls_engine,
+        config.admin,
+    ) == (
         top.workers,
         top.shutdown_timeout,
+        top.shutdown_delay,
         top.tls_engine,
         top.admin,
     )

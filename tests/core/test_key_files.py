@@ -301,6 +301,17 @@ def test_parse_key_files_dispatch() -> None:
     assert parse_key_files([("h", text)], fmt="haproxy", now=7.0) == [key(1), key(2), key(3)]
 
 
+def test_each_file_gives_its_keys_its_own_creation_time() -> None:
+    nginx = [("a", serialize_nginx_key(key(1))), ("b", serialize_nginx_key(key(2)))]
+    parsed = parse_key_files(nginx, fmt="nginx", now=9.0, created=[3.0, -100.0])
+    assert parsed == [key(1, created=3.0), key(2, created=-100.0)]
+    text = serialize_haproxy_keys([key(1), key(2), key(3)]).encode()
+    parsed = parse_key_files([("h", text)], fmt="haproxy", now=9.0, created=[-5.0])
+    assert parsed == [key(1, created=-5.0), key(2, created=-5.0), key(3, created=-5.0)]
+    with pytest.raises(ValueError, match=r"one time per file \(2\), got 1"):
+        parse_key_files(nginx, fmt="nginx", now=9.0, created=[3.0])
+
+
 @pytest.mark.parametrize(
     ("files", "fmt", "error", "message"),
     [

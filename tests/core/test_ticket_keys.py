@@ -14,6 +14,7 @@ from gateproxy.core.ticket_keys import (
     KeyRing,
     TicketKey,
     TicketStats,
+    keep_known,
     keys_from_wire,
     keys_to_wire,
     new_ticket_key,
@@ -264,6 +265,17 @@ def test_ring_invariants_under_random_clock(keep: int, steps: list[float]) -> No
         assert next_at is not None and now < next_at <= now + 100.0
         created = [k.created for k in keys]
         assert created == sorted(created, reverse=True)
+
+
+# --- keep_known -------------------------------------------------------------------------------
+
+
+def test_keep_known_keeps_the_creation_of_keys_read_again() -> None:
+    old = [key(1, created=10.0), key(2, created=5.0)]
+    reread = [key(3, created=99.0), key(1, created=99.0), key(2, size=16, created=99.0)]
+    kept = keep_known(old, reread)
+    assert [k.created for k in kept] == [99.0, 10.0, 99.0]  # key 2 changed material: new
+    assert [k.name for k in kept] == [k.name for k in reread]  # the new order
 
 
 # --- keys_to_wire / keys_from_wire --------------------------------------------------------------

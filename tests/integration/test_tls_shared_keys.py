@@ -6,17 +6,21 @@ makes a process re-read its files, and a broken file keeps the old keys.
 from __future__ import annotations
 
 import json
+import os
 import signal
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
 import trio
 import trustme
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import CertPaths
 from tests.helpers.clients import Response, https_request
-from tests.helpers.supervised import Supervised, supervised_file
+from tests.helpers.proxy import tls_listener
+from tests.helpers.supervised import Supervised, supervised, supervised_file
 from tests.helpers.tls_sessions import session_of
 from tests.helpers.upstreams import RecordingUpstream
 
@@ -133,3 +137,62 @@ async def test_sighup_rereads_the_key_files(
     assert "48 or 80 bytes, got 5" in error
     assert failed["kept_generation"] == 2
     assert kept.session_reused  # the running generation kept the keys it had
+
+
+async def _key_ages(proxy: Supervised) -> dict[tuple[str, str], float]:
+    """``gateproxy_tls_ticket_key_age_seconds`` from /metrics: (listener, key prefix) -> age."""
+    status, body = await proxy.get("/metrics")
+    assert status == 200, body
+    families = {f.name: f for f in text_string_to_metric_families(body.decode())}
+    samples = families["gateproxy_tls_ticket_key_age_seconds"].samples
+    return {(s.labels["listener"], s.labels["key"]): s.value for s in samples}
+
+
+async def _reload(proxy: Supervised) -> dict[str, Any]:
+    """SIGHUP; the supervisor's ``ticket_keys_reloaded`` line once the reload is done."""
+    proxy.signal(signal.SIGHUP)
+    await proxy.wait_event("reloaded")
+    return await proxy.wait_event("ticket_keys_reloaded", where=lambda e: "worker" not in e)
+
+
+async def test_key_age_is_the_key_files_age_and_survives_reloads(
+    tmp_path: Path, server_cert: CertPaths
+) -> None:
+    key_file = tmp_path / "ng.key"
+    await _keys_new("nginx", key_file)
+    an_hour_ago = time.time() - 3600
+    os.utime(key_file, (an_hour_ago, an_hour_ago))
+    shared = tls_listener(
+        cert=server_cert.cert,
+        key=server_cert.key,
+        name="ng",
+        tls={"tickets": {"key_files": ["ng.key"]}},
+    )
+    rotating = tls_listener(cert=server_cert.cert, key=server_cert.key, name="rotating")
+    config = {
+        "workers": 2,
+        "listeners": [shared, rotating],
+        "upstreams": {"app": {"servers": ["127.0.0.1:9"]}},
+        "admin": {"bind": "127.0.0.1:0"},
+        "access_log": {"path": "off"},
+        "shutdown_timeout": "2s",
+    }
+    old = ("ng", key_file.read_bytes()[:4].hex())
+    async with supervised(config, tmp_path) as gp:
+        with trio.fail_after(30):
+            first = await _key_ages(gp)
+            unchanged = await _reload(gp)  # the same files
+            second = await _key_ages(gp)
+
+            await _keys_new("nginx", tmp_path / "new.key")
+            (tmp_path / "new.key").rename(key_file)
+            changed = await _reload(gp)
+            third = await _key_ages(gp)
+    new = ("ng", key_file.read_bytes()[:4].hex())
+    assert first[old] >= 3600 and second[old] >= 3600  # the key file's age
+    rotating_key = next(k for k in first if k[0] == "rotating")
+    for key in (old, rotating_key):  # a reload does not make a known key young again
+        assert second[key] >= first[key] - 0.5
+    assert (unchanged["listener"], unchanged["keys"]) == ("ng", [old[1]])
+    assert (changed["listener"], changed["keys"]) == ("ng", [new[1]])
+    assert third[new] < 60 and old not in third

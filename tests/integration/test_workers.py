@@ -23,7 +23,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests.helpers.clients import client_context, https_request, split_address
 from tests.helpers.proxy import tls_listener
-from tests.helpers.supervised import supervised
+from tests.helpers.supervised import Supervised, supervised
 from tests.helpers.tls_sessions import session_of
 from tests.helpers.upstreams import RecordingUpstream, SessionApp
 
@@ -316,4 +316,54 @@ async def test_sigterm_waits_for_a_slow_request_then_exits_0(
             with trio.fail_after(10):
                 await gp.process.wait()
     assert answers == [200]
+    assert gp.process.returncode == 0
+
+
+def _lame_duck_config(cert: Any, upstream: str, delay: str) -> dict[str, Any]:
+    config = _config(cert, upstream, shutdown_delay=delay)
+    config["listeners"][0]["health_checks"] = [{"path": "/healthz", "upstream": "app"}]
+    return config
+
+
+async def _lame_duck_begun(gp: Supervised) -> None:
+    """The supervisor's and both workers' ``lame_duck`` lines (any new connection now lands on
+    a worker in the delay)."""
+    seen: set[object] = set()
+    while len(seen) < 3:
+        seen.add((await gp.wait_event("lame_duck")).get("worker", "supervisor"))
+
+
+async def test_sigterm_with_a_shutdown_delay_serves_on_answering_health_503_then_exits_0(
+    tmp_path: Path, ca: trustme.CA, server_cert: Any
+) -> None:
+    async with RecordingUpstream() as up:
+        config = _lame_duck_config(server_cert, up.address, "2s")
+        async with supervised(config, tmp_path) as gp:
+            assert (await https_request(gp.address(), ca=ca, path="/healthz")).status == 200
+            gp.signal(signal.SIGTERM)
+            await _lame_duck_begun(gp)
+            health = [await https_request(gp.address(), ca=ca, path="/healthz") for _ in range(4)]
+            normal = await https_request(gp.address(), ca=ca)
+            await gp.wait_event("draining", where=lambda e: "worker" not in e)
+            with pytest.raises(OSError):
+                await trio.open_tcp_stream(*split_address(gp.address()))
+            with trio.fail_after(10):
+                await gp.process.wait()
+    assert [r.status for r in health] == [503] * 4
+    assert (normal.status, normal.header("connection")) == (200, "close")
+    assert gp.process.returncode == 0
+
+
+async def test_a_second_sigterm_ends_the_shutdown_delay(
+    tmp_path: Path, ca: trustme.CA, server_cert: Any
+) -> None:
+    async with RecordingUpstream() as up:
+        config = _lame_duck_config(server_cert, up.address, "1h")
+        async with supervised(config, tmp_path) as gp:
+            gp.signal(signal.SIGTERM)
+            await _lame_duck_begun(gp)
+            gp.signal(signal.SIGTERM)
+            await gp.wait_event("draining", where=lambda e: "worker" not in e, within=10)
+            with trio.fail_after(10):
+                await gp.process.wait()
     assert gp.process.returncode == 0

@@ -1,13 +1,19 @@
-"""SupervisorKeys: which listeners get a shared rotating ring, reload survival, rotation, wire."""
+"""SupervisorKeys: which listeners get a shared ring, reload survival, rotation, wire, and the
+key files it reads (ages from the files, kept across reloads)."""
 
 from __future__ import annotations
 
+import os
+import time
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from gateproxy.core.config import Config, load_config_data
+from gateproxy.core.key_files import new_key_file
 from gateproxy.core.ticket_keys import keys_from_wire
+from gateproxy.errors import ConfigError
 from gateproxy.net.key_rings import SupervisorKeys
 from tests.conftest import CertPaths
 from tests.helpers.proxy import proxy_config, tls_listener
@@ -44,12 +50,12 @@ def test_a_tls_listener_with_default_tickets_gets_a_ring(server_cert: CertPaths)
 @pytest.mark.parametrize(
     ("tickets", "top"),
     [
-        ({"key_files": ["tickets.key"]}, {}),
         ({"enabled": False}, {}),
         ({"stateless": False}, {}),
         ({}, {"tls_engine": "stdlib_only"}),
+        ({"key_files": ["missing.key"], "enabled": False}, {}),  # files unused: not read here
     ],
-    ids=["key_files", "tickets_off", "stateful", "stdlib_only"],
+    ids=["tickets_off", "stateful", "stdlib_only", "key_files_unused"],
 )
 def test_listeners_without_keys_to_share_get_no_ring(
     server_cert: CertPaths, tickets: dict[str, Any], top: dict[str, Any]
@@ -177,3 +183,58 @@ def test_prefixes_match_the_wire_names(server_cert: CertPaths) -> None:
     names = [str(item["name"]) for item in keys.wire(now=30.0)["public"]]
     assert len(names) == 4
     assert keys.prefixes("public") == [name[:8] for name in names]
+
+
+def _key_file(path: Path, *, age: float) -> str:
+    """A fresh nginx key file last modified ``age`` seconds ago; its key's name prefix."""
+    data = new_key_file(fmt="nginx", random_bytes=os.urandom, now=0.0)
+    path.write_bytes(data)
+    then = time.time() - age
+    os.utime(path, (then, then))
+    return data[:4].hex()
+
+
+def _ages(keys: SupervisorKeys, name: str, *, now: float) -> dict[str, float]:
+    return {str(k["name"])[:8]: float(str(k["age_s"])) for k in keys.wire(now=now)[name]}
+
+
+def test_key_files_are_read_here_and_a_key_is_as_old_as_its_file(
+    server_cert: CertPaths, tmp_path: Path
+) -> None:
+    old = _key_file(tmp_path / "old.key", age=1000.0)
+    config = _config([_tls(server_cert, key_files=["old.key"]), _tls(server_cert, name="r")])
+    keys = SupervisorKeys(base_dir=tmp_path)
+    assert keys.prepare(config, now=50.0) == ["public"]
+    assert keys.prefixes("public") == [old]
+    assert 1000.0 <= _ages(keys, "public", now=50.0)[old] < 1100.0
+    assert keys.rotate_if_due(now=1e9) == ["r"]  # a key-file ring never rotates itself
+
+
+def test_a_reload_keeps_the_age_of_keys_it_reads_again(
+    server_cert: CertPaths, tmp_path: Path
+) -> None:
+    old = _key_file(tmp_path / "a.key", age=1000.0)
+    keys = SupervisorKeys(base_dir=tmp_path)
+    keys.prepare(_config([_tls(server_cert, key_files=["a.key"])]), now=0.0)
+    before = _ages(keys, "public", now=10.0)[old]
+    (tmp_path / "a.key").rename(tmp_path / "b.key")  # a rotation: a new current, the old second
+    new = _key_file(tmp_path / "a.key", age=0.0)
+    os.utime(tmp_path / "b.key")  # even when the old key's file was touched
+    config = _config([_tls(server_cert, key_files=["a.key", "b.key"])])
+    assert keys.prepare(config, now=10.0) == ["public"]
+    assert keys.prefixes("public") == [new, old]
+    ages = _ages(keys, "public", now=10.0)
+    assert ages[old] == before and ages[new] < 60.0
+
+
+def test_a_broken_key_file_raises_and_keeps_the_rings(
+    server_cert: CertPaths, tmp_path: Path
+) -> None:
+    old = _key_file(tmp_path / "a.key", age=0.0)
+    config = _config([_tls(server_cert, key_files=["a.key"])])
+    keys = SupervisorKeys(base_dir=tmp_path, source="gp.yaml")
+    keys.prepare(config, now=0.0)
+    (tmp_path / "a.key").write_bytes(b"short")
+    with pytest.raises(ConfigError, match=r"gp.yaml: listeners\[0\].tls.tickets.key_files\[0\]"):
+        keys.prepare(config, now=1.0)
+    assert keys.prefixes("public") == [old]
