@@ -12,11 +12,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-import trio
-
 from gateproxy import __version__
 from gateproxy.certgen import add_gen_cert_arguments
-from gateproxy.config_files import check_config_file
 from gateproxy.errors import ConfigError, GateproxyError
 
 
@@ -85,6 +82,7 @@ def _pid(text: str) -> int:
 
 
 def _cmd_check(args: argparse.Namespace) -> int:
+    from gateproxy.config_files import check_config_file
     from gateproxy.net.listen_slots import bind_problems
 
     checked, _ = check_config_file(Path(args.config))
@@ -101,6 +99,8 @@ def _cmd_check(args: argparse.Namespace) -> int:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
+    import trio
+
     from gateproxy.config_files import load_and_check
     from gateproxy.supervisor import Supervisor
     from gateproxy.tls.selftest import run_self_test

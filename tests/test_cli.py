@@ -22,8 +22,8 @@ import trustme
 from gateproxy.cli import main
 from gateproxy.core.key_files import parse_haproxy_keys, parse_nginx_key
 from tests.conftest import CertPaths
-from tests.helpers.clients import curl, https_request
-from tests.helpers.console import SCRIPT, gateproxy, message_lines
+from tests.helpers.clients import https_request
+from tests.helpers.console import SCRIPT, demo_and_its_curl_line, gateproxy, message_lines
 from tests.helpers.sockets import busy_port, free_port
 from tests.helpers.supervised import supervised_file
 from tests.helpers.upstreams import RecordingUpstream
@@ -389,30 +389,9 @@ access_log: {{path: "off"}}
 
 
 async def test_demo_prints_a_working_curl_line() -> None:
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
-    async with trio.open_nursery() as nursery:
-        proc = await nursery.start(
-            partial(
-                trio.run_process,
-                [sys.executable, "-m", "gateproxy", "demo", "--port", "0", "--admin-port", "0"],
-                stdout=subprocess.PIPE,
-                stderr=subprocess.DEVNULL,
-                check=False,
-                env=env,
-            )
-        )
-        assert proc.stdout is not None
-        out = b""
-        with trio.fail_after(20):
-            while b"/healthz" not in out:
-                chunk = await proc.stdout.receive_some(4096)
-                assert chunk, out
-                out += chunk
-        match = re.search(rb"curl --cacert (\S+) (https://localhost:\d+/)\n", out)
-        assert match, out
-        result = await curl(["-sS", "--cacert", match.group(1).decode(), match.group(2).decode()])
-        proc.send_signal(signal.SIGINT)
-        with trio.fail_after(10):
-            await proc.wait()
+    status, result = await demo_and_its_curl_line(
+        [sys.executable, "-m", "gateproxy", "demo", "--port", "0", "--admin-port", "0"]
+    )
+    assert status == 0
     assert result.returncode == 0, result.stderr
     assert b"Hello from the gateproxy demo upstream" in result.stdout

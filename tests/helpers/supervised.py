@@ -7,7 +7,7 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from functools import partial
@@ -95,14 +95,17 @@ async def supervised(config: dict[str, Any], tmp_path: Path) -> AsyncIterator[Su
 
 
 @asynccontextmanager
-async def supervised_file(path: Path) -> AsyncIterator[Supervised]:
-    """Run ``gateproxy run -c path`` until the block ends; then SIGTERM, and it must exit 0
-    within 15 s."""
+async def supervised_file(
+    path: Path, *, command: Sequence[str] | None = None, cwd: Path | None = None
+) -> AsyncIterator[Supervised]:
+    """Run ``gateproxy run -c path`` (or ``command``, a run of it) until the block ends; then
+    SIGTERM, and it must exit 0 within 15 s."""
     async with trio.open_nursery() as nursery:
         process: trio.Process = await nursery.start(
             partial(
                 trio.run_process,
-                [sys.executable, "-m", "gateproxy", "run", "-c", str(path)],
+                list(command or [sys.executable, "-m", "gateproxy", "run", "-c", str(path)]),
+                cwd=cwd,
                 stderr=subprocess.PIPE,
                 check=False,
                 env=dict(os.environ, PYTHONUNBUFFERED="1"),
