@@ -45,7 +45,7 @@ def test_check_lists_every_problem_with_file_and_key_path(
         f"""
 listeners:
   - name: public
-    bind: "127.0.0.1:8443"
+    bind: "127.0.0.1:0"
     tls:
       certificates:
         - {{cert: {server_cert.cert}, key: {second_cert.key}}}
@@ -53,6 +53,7 @@ listeners:
     routes: [{{path_prefix: /, upstream: app}}]
 upstreams:
   app: {{servers: ["127.0.0.1:8080"]}}
+admin: null
 """,
     )
     assert main(["check", "-c", str(config)]) == 1
@@ -72,11 +73,12 @@ def test_check_reports_schema_errors_all_at_once(
         """
 listeners:
   - name: public
-    bind: "127.0.0.1:8443"
+    bind: "127.0.0.1:0"
     limits: {max_body_bytes: "lots", keepalive_timout: 5s}
     routes: [{path_prefix: /, upstream: ap}]
 upstreams:
   app: {servers: ["127.0.0.1:8080"], keepalive: -1}
+admin: null
 """,
     )
     assert main(["check", "-c", str(config)]) == 1
