@@ -115,11 +115,8 @@ def _write(path: Path, data: bytes, *, mode: int) -> None:
         out.write(data)
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="gateproxy gen-cert",
-        description="Write a self-signed server certificate and its key (development only).",
-    )
+def add_gen_cert_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of ``gateproxy gen-cert``, on the sub-command's own parser."""
     parser.add_argument(
         "--host",
         dest="hosts",
@@ -136,17 +133,13 @@ def _parser() -> argparse.ArgumentParser:
         default="localhost",
         help="file name stem: writes NAME.pem and NAME-key.pem (default: localhost)",
     )
-    return parser
 
 
-def gen_cert_main(argv: Sequence[str]) -> int:
-    """``gateproxy gen-cert``: parse ``argv`` (without the sub-command), write, print the paths.
+def gen_cert_command(args: argparse.Namespace) -> int:
+    """``gateproxy gen-cert``: write the pair the parsed ``args`` describe, print the paths.
 
-    Bad arguments exit through argparse (status 2); a bad value or an unwritable folder prints
-    one line to stderr and returns 1.
+    A bad value or an unwritable folder prints one line to stderr and returns 1.
     """
-    parser = _parser()
-    args = parser.parse_args(list(argv))
     try:
         cert_pem, key_pem = generate_self_signed(hosts=args.hosts, rsa=args.rsa, days=args.days)
         cert_path, key_path = write_cert_pair(

@@ -12,10 +12,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-import trio
-
 from gateproxy import __version__
-from gateproxy.config_files import certificate_problems, load_config_file
+from gateproxy.certgen import add_gen_cert_arguments
 from gateproxy.errors import ConfigError, GateproxyError
 
 
@@ -46,21 +44,27 @@ def _parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="run the proxy in the foreground")
     run.add_argument("-c", "--config", required=True, help="YAML config file")
     run.set_defaults(func=_cmd_run)
-    check = sub.add_parser("check", help="validate a config without binding any socket")
+    check = sub.add_parser(
+        "check", help="validate a config and that its addresses are free (bind, no listen)"
+    )
     check.add_argument("-c", "--config", required=True, help="YAML config file")
     check.set_defaults(func=_cmd_check)
     reload = sub.add_parser(
         "reload", help="validate the config, then tell the running gateproxy to reload it"
     )
     reload.add_argument("-c", "--config", required=True, help="YAML config file (with pid_file)")
-    reload.add_argument("--pid", type=int, help="signal this pid instead of the pid_file's")
+    reload.add_argument("--pid", type=_pid, help="signal this pid instead of the pid_file's")
     reload.set_defaults(func=_cmd_reload)
     demo = sub.add_parser("demo", help="zero-set-up demo on https://127.0.0.1:8443")
     demo.add_argument("--port", type=int, default=8443, help="proxy port (default 8443)")
     demo.add_argument("--admin-port", type=int, default=9901, help="admin port (default 9901)")
     demo.set_defaults(func=_cmd_demo)
-    gen = sub.add_parser("gen-cert", help="write a self-signed certificate and key")
-    gen.add_argument("rest", nargs=argparse.REMAINDER)
+    gen = sub.add_parser(
+        "gen-cert",
+        help="write a self-signed certificate and key",
+        description="Write a self-signed server certificate and its key (development only).",
+    )
+    add_gen_cert_arguments(gen)
     gen.set_defaults(func=_cmd_gen_cert)
     keys = sub.add_parser("keys", help="session-ticket key files")
     keys_sub = keys.add_subparsers(dest="keys_command", required=True)
@@ -71,15 +75,21 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _pid(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:  # kill(0) and kill(-1) signal whole groups
+        raise argparse.ArgumentTypeError(f"expected a process id >= 1, got {text!r}")
+    return int(text)
+
+
 def _cmd_check(args: argparse.Namespace) -> int:
-    try:
-        config = load_config_file(args.config)
-    except ConfigError as exc:
-        print(exc, file=sys.stderr)
-        return 1
-    problems = certificate_problems(config, base_dir=Path(args.config).resolve().parent)
-    if problems:
-        print(ConfigError(args.config, problems), file=sys.stderr)
+    from gateproxy.config_files import check_config_file
+    from gateproxy.net.listen_slots import bind_problems
+
+    checked, _ = check_config_file(Path(args.config))
+    checked = checked.with_problems(bind_problems(checked.binds()))
+    config = checked.config
+    if config is None:
+        print(ConfigError(args.config, checked.problems), file=sys.stderr)
         return 1
     print(
         f"{args.config}: OK ({len(config.listeners)} listener(s), "
@@ -89,6 +99,8 @@ def _cmd_check(args: argparse.Namespace) -> int:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
+    import trio
+
     from gateproxy.config_files import load_and_check
     from gateproxy.supervisor import Supervisor
     from gateproxy.tls.selftest import run_self_test
@@ -115,8 +127,23 @@ def _cmd_reload(args: argparse.Namespace) -> int:
         print(exc, file=sys.stderr)
         print("gateproxy: not reloading: the running config stays", file=sys.stderr)
         return 1
-    pid = args.pid or read_pid_file(config, base_dir=Path(args.config).resolve().parent)
-    os.kill(pid, signal.SIGHUP)
+    if args.pid:
+        pid, origin = args.pid, "--pid"
+    else:
+        pid = read_pid_file(config, base_dir=Path(args.config).resolve().parent)
+        origin = f"pid_file {config.pid_file}"
+    try:
+        os.kill(pid, signal.SIGHUP)
+    except ProcessLookupError:
+        raise GateproxyError(
+            f"not reloading: no process {pid} (from {origin}): gateproxy is not running, "
+            "or the pid_file is stale"
+        ) from None
+    except PermissionError:
+        raise GateproxyError(
+            f"not reloading: not permitted to signal process {pid} (from {origin}): "
+            "run this as the user gateproxy runs as, or as root"
+        ) from None
     print(f"gateproxy: reload signalled to pid {pid} (the outcome is logged there)")
     return 0
 
@@ -128,9 +155,9 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _cmd_gen_cert(args: argparse.Namespace) -> int:
-    from gateproxy.certgen import gen_cert_main
+    from gateproxy.certgen import gen_cert_command
 
-    return gen_cert_main(args.rest)
+    return gen_cert_command(args)
 
 
 def _cmd_keys_new(args: argparse.Namespace) -> int:

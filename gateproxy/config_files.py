@@ -9,45 +9,46 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from gateproxy.core.config import Config, load_config_text
+from gateproxy.core.config import CheckedConfig, Config, check_config_text
 from gateproxy.errors import ConfigError, ConfigProblem, GateproxyError
 
 
-def load_config_file(path: str) -> Config:
-    """Read and validate a config file (schema and cross-checks; no certificate files)."""
+def check_config_file(path: Path) -> tuple[CheckedConfig, str]:
+    """Read and validate ``path`` and every file it names; return the outcome and the text.
+
+    Never raises for a bad config: the outcome lists every problem of every stage (schema,
+    cross-checks, then the files named by each listener whose ``tls`` section validated).
+    """
     try:
-        text = Path(path).read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError.single(path, "", f"cannot read config file: {exc.strerror}") from exc
-    return load_config_text(text, source=path)
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) else f"not UTF-8 text ({exc.reason})"
+        return CheckedConfig(None, (ConfigProblem("", f"cannot read config file: {reason}"),)), ""
+    checked = check_config_text(text)
+    return checked.with_problems(
+        certificate_problems(checked, base_dir=path.resolve().parent)
+    ), text
 
 
-def certificate_problems(config: Config, *, base_dir: Path) -> list[ConfigProblem]:
+def certificate_problems(checked: CheckedConfig, *, base_dir: Path) -> list[ConfigProblem]:
     """Every problem with the certificate, key and ticket key files the config names."""
     from gateproxy.net.runtime import read_ticket_keys
     from gateproxy.tls.contexts import check_certificates, check_tls_settings
 
     problems: list[ConfigProblem] = []
-    for i, listener in enumerate(config.listeners):
-        if listener.tls is not None:
-            where = f"listeners[{i}].tls"
-            problems += check_tls_settings(listener.tls, path=where)
-            problems += check_certificates(listener.tls, base_dir=base_dir, path=where)
-            problems += read_ticket_keys(listener.tls, base_dir=base_dir, now=0.0, path=where)[1]
+    for where, tls in checked.tls_sections():
+        problems += check_tls_settings(tls, path=where)
+        problems += check_certificates(tls, base_dir=base_dir, path=where)
+        problems += read_ticket_keys(tls, base_dir=base_dir, now=0.0, path=where)[1]
     return problems
 
 
 def load_and_check(path: Path) -> tuple[Config, str]:
     """Read, parse and validate ``path`` and every file it names; raise ConfigError with all."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError.single(str(path), "", f"cannot read config file: {exc.strerror}") from exc
-    config = load_config_text(text, source=str(path))
-    problems = certificate_problems(config, base_dir=path.resolve().parent)
-    if problems:
-        raise ConfigError(str(path), problems)
-    return config, text
+    checked, text = check_config_file(path)
+    if checked.config is None:
+        raise ConfigError(str(path), checked.problems)
+    return checked.config, text
 
 
 def read_pid_file(config: Config, *, base_dir: Path) -> int:
@@ -57,6 +58,9 @@ def read_pid_file(config: Config, *, base_dir: Path) -> int:
     path = Path(config.pid_file).expanduser()
     path = path if path.is_absolute() else base_dir / path
     try:
-        return int(path.read_text(encoding="ascii").strip())
+        pid = int(path.read_text(encoding="ascii").strip())
     except (OSError, ValueError) as exc:
         raise GateproxyError(f"pid_file {path}: cannot read a pid ({exc})") from exc
+    if pid < 1:  # kill(0) and kill(-1) would signal whole process groups
+        raise GateproxyError(f"pid_file {path}: expected a process id >= 1, got {pid}")
+    return pid

@@ -29,13 +29,17 @@ class GateproxyError(Exception):
 
 @dataclass(frozen=True)
 class ConfigProblem:
-    """One thing wrong with a config: where (dotted key path) and which rule it breaks."""
+    """One thing wrong with a config: where (dotted key path, or the 1-based ``line`` and
+    ``column`` in the file when there is no key path yet) and which rule it breaks."""
 
     path: str
     message: str
+    line: int | None = None
+    column: int | None = None
 
     def render(self, source: str) -> str:
-        where = f"{source}: {self.path}" if self.path else source
+        where = source if self.line is None else f"{source}:{self.line}:{self.column}"
+        where = f"{where}: {self.path}" if self.path else where
         return f"{where}: {self.message}"
 
 

@@ -12,6 +12,8 @@ from gateproxy.certgen import generate_self_signed, write_cert_pair
 from gateproxy.core.config import Config, load_config_data
 from gateproxy.daemon import Daemon
 from gateproxy.demo import open_demo_listeners, serve_demo_upstream
+from gateproxy.errors import first_error
+from gateproxy.net.listen_slots import ListenError
 from gateproxy.net.listener import bound_address
 
 
@@ -42,7 +44,13 @@ def run_demo(*, port: int, admin_port: int) -> int:
         cert, key = write_cert_pair(
             out_dir=Path(tmp), name="demo", cert_pem=cert_pem, key_pem=key_pem
         )
-        trio.run(_demo_main, cert, key, port, admin_port)
+        try:
+            trio.run(_demo_main, cert, key, port, admin_port)
+        except BaseExceptionGroup as group:
+            exc = first_error(group)
+            if isinstance(exc, ListenError):  # name the option, not the demo's config key
+                raise exc.at("--admin-port" if exc.key_path == "admin.bind" else "--port") from None
+            raise exc from None
     return 0
 
 

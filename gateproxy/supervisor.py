@@ -112,8 +112,11 @@ class Supervisor:
         """Serve until drained; returns the exit status (0: every worker exited cleanly)."""
         try:
             await self._serve(task_status)
-        except BaseExceptionGroup as group:
-            raise first_error(group) from None
+        except BaseException as exc:
+            self.exit_status = 1
+            if isinstance(exc, BaseExceptionGroup):
+                raise first_error(exc) from None
+            raise
         finally:
             self.slots.close_all()
             self._remove_pid_file()
@@ -121,18 +124,17 @@ class Supervisor:
         return self.exit_status
 
     async def _serve(self, task_status: trio.TaskStatus[Supervisor]) -> None:
-        for lc in self.current.config.listeners:  # a port in use: one clear error, no workers
-            self.slots.ensure(slot_key(lc.name, lc.bind), slots=self.current.size)
+        self._open_sockets(self.current)  # a port in use: one clear error, no workers
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             nursery.start_soon(self._watch_signals)
             nursery.start_soon(self._timers)
             self.keys.prepare(self.current.config, now=trio.current_time())
             try:
+                await self._start_admin(self.current.config)  # likewise before any worker
                 if not await self._start_generation(self.current):
                     raise StartupError("the workers did not start (see the lines above)")
                 self._commit(self.current)
-                await self._start_admin(self.current.config)
             except BaseException:
                 for handle in self._live_workers():
                     handle.kill()  # else reaping them would wait forever
@@ -193,8 +195,7 @@ class Supervisor:
 
     async def _start_generation(self, gen: Generation) -> bool:
         """Open the sockets ``gen`` needs, start its workers, wait until all are ready."""
-        for lc in gen.config.listeners:
-            self.slots.ensure(slot_key(lc.name, lc.bind), slots=gen.size)
+        self._open_sockets(gen)
         for index in range(gen.size):
             await self._spawn(gen, index)
         ok = await wait_ready(list(gen.workers.values()), max_wait=STARTUP_TIMEOUT)
@@ -204,6 +205,12 @@ class Supervisor:
                 for lc in gen.config.listeners
             }
         return ok
+
+    def _open_sockets(self, gen: Generation) -> None:
+        """Every listener socket of ``gen``; a ListenError names the listener's key path."""
+        for i, lc in enumerate(gen.config.listeners):
+            key = slot_key(lc.name, lc.bind)
+            self.slots.ensure(key, slots=gen.size, key_path=f"listeners[{i}].bind")
 
     async def _spawn(self, gen: Generation, index: int) -> WorkerHandle:
         assert self._nursery is not None
@@ -262,18 +269,23 @@ class Supervisor:
     async def reload(self) -> bool:
         """Re-read the config file and switch to it (see the module docstring); True if done."""
         async with self._reload_lock:
+            admin: list[trio.SocketListener] = []
             try:
                 config, text = load_and_check(self.path)
                 gen = Generation(self.current.number + 1, config, text)
+                if config.admin is not None and config.admin != self.current.config.admin:
+                    admin = await open_admin_listeners(config.admin.bind)  # busy: fail here
                 from_files = self.keys.prepare(config, now=trio.current_time())
                 started = await self._start_generation(gen)
             except (ConfigError, ListenError) as exc:
+                _close(admin)
                 return self._reload_failed(_problem_lines(exc))
             if not started:
+                _close(admin)
                 await stop_all(list(gen.workers.values()), grace=5.0)
                 self.slots.keep_only(self.current.wanted_sockets())
                 return self._reload_failed(["the new workers did not start (see above)"])
-            await self._switch_to(gen)
+            await self._switch_to(gen, admin=admin)
             for name in from_files:  # once per listener, not once per worker
                 event("ticket_keys_reloaded", listener=name, keys=self.keys.prefixes(name))
             return True
@@ -283,7 +295,7 @@ class Supervisor:
         for handle in gen.workers.values():
             handle.restartable = True
 
-    async def _switch_to(self, gen: Generation) -> None:
+    async def _switch_to(self, gen: Generation, *, admin: list[trio.SocketListener]) -> None:
         old = self.current
         self.current = gen
         self._commit(gen)
@@ -300,7 +312,7 @@ class Supervisor:
                 await handle.draining.wait()
         self.slots.keep_only(gen.wanted_sockets())
         if old.config.admin != gen.config.admin:
-            await self._start_admin(gen.config)
+            await self._start_admin(gen.config, sockets=admin)
         self.counters["reloads"] += 1
         event(
             "reloaded",
@@ -317,14 +329,17 @@ class Supervisor:
 
     # --- admin, timers, signals -----------------------------------------------------------------
 
-    async def _start_admin(self, config: Config) -> None:
+    async def _start_admin(
+        self, config: Config, *, sockets: list[trio.SocketListener] | None = None
+    ) -> None:
+        """Serve ``config.admin`` (on ``sockets`` if already bound) instead of the old one."""
         assert self._nursery is not None
         if self._admin_scope is not None:
             self._admin_scope.cancel()
             self._admin_scope, self.admin_address = None, None
         if config.admin is None:
             return
-        sockets = await open_admin_listeners(config.admin.bind)
+        sockets = sockets or await open_admin_listeners(config.admin.bind)
         name = sockets[0].socket.getsockname()
         self.admin_address = (str(name[0]), int(name[1]))
         self._admin_scope = await self._nursery.start(self._serve_admin, sockets)
@@ -402,6 +417,11 @@ class Supervisor:
     def _resolve(self, name: str) -> Path:
         path = Path(name).expanduser()
         return path if path.is_absolute() else self.base_dir / path
+
+
+def _close(sockets: list[trio.SocketListener]) -> None:
+    for sock in sockets:
+        sock.socket.close()
 
 
 def _problem_lines(exc: GateproxyError) -> list[str]:

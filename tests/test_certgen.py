@@ -16,7 +16,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from gateproxy.certgen import gen_cert_main, generate_self_signed, write_cert_pair
+from gateproxy.certgen import generate_self_signed, write_cert_pair
+from gateproxy.cli import main
 from gateproxy.core.config import CertificateConfig, TLSConfig
 from gateproxy.tls.contexts import check_certificates
 
@@ -134,7 +135,7 @@ def test_write_cert_pair_rejects_paths_as_names(tmp_path: Path, name: str) -> No
 def test_cli_writes_files(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "certs"
     argv = ["--host", "example.test", "--host", "10.0.0.1", "--out", str(out), "--rsa"]
-    assert gen_cert_main([*argv, "--days", "7", "--name", "ex"]) == 0
+    assert main(["gen-cert", *argv, "--days", "7", "--name", "ex"]) == 0
     cert_path, key_path = out / "ex.pem", out / "ex-key.pem"
     assert stat.S_IMODE(key_path.stat().st_mode) == 0o600
     printed = capsys.readouterr().out
@@ -147,7 +148,7 @@ def test_cli_writes_files(tmp_path: Path, capsys: pytest.CaptureFixture[str]) ->
 
 
 def test_cli_defaults(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert gen_cert_main(["--host", "localhost", "--out", str(tmp_path)]) == 0
+    assert main(["gen-cert", "--host", "localhost", "--out", str(tmp_path)]) == 0
     capsys.readouterr()
     cert = x509.load_pem_x509_certificate((tmp_path / "localhost.pem").read_bytes())
     assert isinstance(cert.public_key(), ec.EllipticCurvePublicKey)
@@ -156,13 +157,13 @@ def test_cli_defaults(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Non
 
 def test_cli_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as info:
-        gen_cert_main(["--out", str(tmp_path)])  # --host is required
+        main(["gen-cert", "--out", str(tmp_path)])  # --host is required
     assert info.value.code == 2
-    assert gen_cert_main(["--host", "a.test", "--out", str(tmp_path), "--days", "0"]) == 1
+    assert main(["gen-cert", "--host", "a.test", "--out", str(tmp_path), "--days", "0"]) == 1
     assert "days must be >= 1" in capsys.readouterr().err
     blocker = tmp_path / "file"
     blocker.write_text("not a folder")
-    assert gen_cert_main(["--host", "a.test", "--out", str(blocker)]) == 1
+    assert main(["gen-cert", "--host", "a.test", "--out", str(blocker)]) == 1
     assert "gateproxy gen-cert: error:" in capsys.readouterr().err
 
 

@@ -3,16 +3,20 @@
 ``load_config_text(text, source=...)`` parses with ``yaml.safe_load``, validates every key with
 pydantic (unknown keys and wrong types are errors), runs the cross-checks (unique names, routes to
 known upstreams, ...) and raises one :class:`ConfigError` listing *every* problem, each with the
-file and the dotted key path. Checks that need the file system (certificate files exist and match
-their keys) live in ``gateproxy.tls.contexts`` so this module stays free of I/O.
+file and the dotted key path (a YAML syntax error: the file, line and column). The cross-checks
+run even when the schema fails, over the parts that validated on their own (``ListenerParts``),
+so one run reports every problem; ``check_config_text`` returns that outcome without raising.
+Checks that need the file system (certificate files exist and match their keys) live in
+``gateproxy.tls.contexts`` so this module stays free of I/O.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import re
-from collections.abc import Iterator
-from typing import Annotated, Any, Literal
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, replace
+from typing import Annotated, Any, Literal, TypeVar
 
 import yaml
 from pydantic import (
@@ -20,6 +24,7 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    TypeAdapter,
     ValidationError,
     model_validator,
 )
@@ -31,6 +36,8 @@ Duration = Annotated[float, BeforeValidator(parse_duration)]
 Size = Annotated[int, BeforeValidator(parse_size)]
 PositiveInt = Annotated[int, Field(ge=1)]
 NonNegativeInt = Annotated[int, Field(ge=0)]
+ListenerName = Annotated[str, Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")]
+_T = TypeVar("_T")
 
 
 def _parse_hostport(value: object) -> str:
@@ -207,7 +214,7 @@ class RouteConfig(_Model):
 
 
 class ListenerConfig(_Model):
-    name: Annotated[str, Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")]
+    name: ListenerName
     bind: HostPort
     tls: TLSConfig | None = None  # None = plain HTTP (for local testing and benchmarks)
     probe_clients: tuple[Cidr, ...] = ()
@@ -285,28 +292,181 @@ class Config(_Model):
 
 # --- loading ------------------------------------------------------------------------------------
 
+_LISTENER_NAME = TypeAdapter(ListenerName, config=ConfigDict(strict=True))
+_BIND = TypeAdapter(HostPort, config=ConfigDict(strict=True))
+_TLS = TypeAdapter(TLSConfig)
+_ROUTE = TypeAdapter(RouteConfig)
+_HEALTH_CHECK = TypeAdapter(HealthCheckConfig)
+_ADMIN = TypeAdapter(AdminConfig)
+
+
+@dataclass(frozen=True)
+class ListenerParts:
+    """What validated of one listener: all of it in a valid config, else the parts that did.
+
+    The cross-checks (and the file checks of ``gateproxy.config_files``) run over these, so a
+    config with schema errors still gets every problem that its valid parts show."""
+
+    path: str  # "listeners[0]"
+    name: str | None = None
+    bind: str | None = None
+    tls: TLSConfig | None = None
+    routes: tuple[tuple[int, RouteConfig], ...] = ()
+    health_checks: tuple[tuple[int, HealthCheckConfig], ...] = ()
+
+    @classmethod
+    def of(cls, index: int, listener: ListenerConfig) -> ListenerParts:
+        return cls(
+            path=f"listeners[{index}]",
+            name=listener.name,
+            bind=listener.bind,
+            tls=listener.tls,
+            routes=tuple(enumerate(listener.routes)),
+            health_checks=tuple(enumerate(listener.health_checks)),
+        )
+
+    @classmethod
+    def salvage(cls, index: int, raw: object) -> ListenerParts:
+        """The parts of a listener that failed validation which are valid on their own."""
+        part = raw if isinstance(raw, dict) else {}
+        tls = part.get("tls")
+        return cls(
+            path=f"listeners[{index}]",
+            name=_valid(_LISTENER_NAME, part.get("name")),
+            bind=_valid(_BIND, part.get("bind")),
+            tls=_valid(_TLS, tls) if tls is not None else None,
+            routes=_valid_items(_ROUTE, part.get("routes")),
+            health_checks=_valid_items(_HEALTH_CHECK, part.get("health_checks")),
+        )
+
+
+@dataclass(frozen=True)
+class CheckedConfig:
+    """The outcome of validating a config document: every problem found, the tree (``None``
+    when there is any problem) and the parts that validated (for the checks that follow)."""
+
+    config: Config | None
+    problems: tuple[ConfigProblem, ...] = ()
+    listeners: tuple[ListenerParts, ...] = ()
+    upstreams: frozenset[str] | None = None  # None: the upstreams mapping itself is unusable
+    admin_bind: str | None = None
+
+    def tls_sections(self) -> Iterator[tuple[str, TLSConfig]]:
+        """``("listeners[i].tls", tls)`` for every listener whose ``tls`` validated."""
+        for parts in self.listeners:
+            if parts.tls is not None:
+                yield f"{parts.path}.tls", parts.tls
+
+    def binds(self) -> Iterator[tuple[str, str]]:
+        """``(key path, "host:port")`` of every listening address that validated."""
+        for parts in self.listeners:
+            if parts.bind is not None:
+                yield f"{parts.path}.bind", parts.bind
+        if self.admin_bind is not None:
+            yield "admin.bind", self.admin_bind
+
+    def with_problems(self, extra: Iterable[ConfigProblem]) -> CheckedConfig:
+        """This outcome plus ``extra`` problems (each listed once); no tree if there are any."""
+        problems = tuple(dict.fromkeys((*self.problems, *extra)))
+        return replace(self, problems=problems, config=None if problems else self.config)
+
 
 def load_config_text(text: str, *, source: str = "<config>") -> Config:
     """Parse and validate config text; raise :class:`ConfigError` listing every problem."""
-    try:
-        raw = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise ConfigError.single(source, "", f"not valid YAML: {exc}") from exc
-    return load_config_data(raw, source=source)
+    return _config_or_raise(check_config_text(text), source=source)
 
 
 def load_config_data(raw: object, *, source: str = "<config>") -> Config:
     """Validate an already-parsed YAML document."""
+    return _config_or_raise(check_config_data(raw), source=source)
+
+
+def check_config_text(text: str) -> CheckedConfig:
+    """Parse and validate config text; never raises for a bad config."""
+    try:
+        raw = yaml.safe_load(text)
+    except (yaml.YAMLError, ValueError, RecursionError) as exc:  # ValueError: a bad date
+        return CheckedConfig(None, (_yaml_problem(exc),))
+    return check_config_data(raw)
+
+
+def check_config_data(raw: object) -> CheckedConfig:
+    """Validate a parsed document: the schema, then the cross-checks over what validated."""
     if not isinstance(raw, dict):
-        raise ConfigError.single(source, "", f"expected a mapping at the top, got {raw!r}")
+        problem = ConfigProblem("", f"expected a mapping at the top, got {raw!r}")
+        return CheckedConfig(None, (problem,))
     try:
         config = Config.model_validate(raw)
     except ValidationError as exc:
-        raise ConfigError(source, list(_problems_from(exc))) from None
-    problems = list(_cross_check(config))
-    if problems:
-        raise ConfigError(source, problems)
-    return config
+        checked = _salvage(raw, list(_problems_from(exc)))
+    else:
+        checked = CheckedConfig(
+            config,
+            listeners=tuple(ListenerParts.of(i, lc) for i, lc in enumerate(config.listeners)),
+            upstreams=frozenset(config.upstreams),
+            admin_bind=config.admin.bind if config.admin is not None else None,
+        )
+    return checked.with_problems(_cross_check(checked))
+
+
+def _config_or_raise(checked: CheckedConfig, *, source: str) -> Config:
+    if checked.config is None:
+        raise ConfigError(source, checked.problems)
+    return checked.config
+
+
+def _yaml_problem(exc: BaseException) -> ConfigProblem:
+    mark = getattr(exc, "problem_mark", None)
+    if not isinstance(exc, yaml.MarkedYAMLError) or mark is None:
+        return ConfigProblem("", f"not valid YAML: {' '.join(str(exc).split())}")
+    message = exc.problem or "syntax error"
+    context = exc.context_mark
+    if (
+        exc.context
+        and context is not None
+        and (context.line, context.column)
+        != (
+            mark.line,
+            mark.column,
+        )
+    ):
+        message += f" ({exc.context} at {context.line + 1}:{context.column + 1})"
+    elif exc.context:
+        message += f" ({exc.context})"
+    return ConfigProblem("", f"not valid YAML: {message}", mark.line + 1, mark.column + 1)
+
+
+def _salvage(raw: dict[Any, Any], problems: list[ConfigProblem]) -> CheckedConfig:
+    """What the cross-checks can still use of a document that failed validation."""
+    listeners = raw.get("listeners")
+    upstreams = raw.get("upstreams", {})
+    admin = raw.get("admin", {})  # absent: the default admin section
+    admin_config = _valid(_ADMIN, admin) if admin is not None else None
+    return CheckedConfig(
+        None,
+        tuple(problems),
+        listeners=tuple(
+            ListenerParts.salvage(i, item)
+            for i, item in enumerate(listeners if isinstance(listeners, list | tuple) else ())
+        ),
+        upstreams=frozenset(k for k in upstreams if isinstance(k, str))
+        if isinstance(upstreams, dict)
+        else None,
+        admin_bind=admin_config.bind if admin_config is not None else None,
+    )
+
+
+def _valid(adapter: TypeAdapter[_T], raw: object) -> _T | None:
+    try:
+        return adapter.validate_python(raw)
+    except ValidationError:
+        return None
+
+
+def _valid_items(adapter: TypeAdapter[_T], raw: object) -> tuple[tuple[int, _T], ...]:
+    items = raw if isinstance(raw, list | tuple) else ()
+    valid = ((j, _valid(adapter, item)) for j, item in enumerate(items))
+    return tuple((j, item) for j, item in valid if item is not None)
 
 
 def _problems_from(exc: ValidationError) -> Iterator[ConfigProblem]:
@@ -344,45 +504,47 @@ def _message(err: Any) -> str:
     return msg
 
 
-def _cross_check(config: Config) -> Iterator[ConfigProblem]:
-    seen_names: dict[str, int] = {}
-    seen_binds: dict[str, int] = {}
-    for i, listener in enumerate(config.listeners):
-        where = f"listeners[{i}]"
-        if listener.name in seen_names:
-            yield ConfigProblem(
-                f"{where}.name",
-                f"duplicate listener name {listener.name!r} "
-                f"(also listeners[{seen_names[listener.name]}])",
-            )
-        seen_names.setdefault(listener.name, i)
-        if listener.bind in seen_binds and not listener.bind.endswith(":0"):
-            yield ConfigProblem(
-                f"{where}.bind",
-                f"bind {listener.bind!r} is already used by listeners[{seen_binds[listener.bind]}]",
-            )
-        seen_binds.setdefault(listener.bind, i)
-        yield from _check_listener(config, listener, where)
-    admin_bind = config.admin.bind if config.admin is not None else None
+def _cross_check(checked: CheckedConfig) -> Iterator[ConfigProblem]:
+    seen_names: dict[str, str] = {}
+    seen_binds: dict[str, str] = {}
+    for parts in checked.listeners:
+        if parts.name is not None:
+            if parts.name in seen_names:
+                yield ConfigProblem(
+                    f"{parts.path}.name",
+                    f"duplicate listener name {parts.name!r} (also {seen_names[parts.name]})",
+                )
+            seen_names.setdefault(parts.name, parts.path)
+        if parts.bind is not None:
+            if parts.bind in seen_binds and not parts.bind.endswith(":0"):
+                yield ConfigProblem(
+                    f"{parts.path}.bind",
+                    f"bind {parts.bind!r} is already used by {seen_binds[parts.bind]}",
+                )
+            seen_binds.setdefault(parts.bind, parts.path)
+        yield from _check_listener(parts, upstreams=checked.upstreams)
+    admin_bind = checked.admin_bind
     if admin_bind in seen_binds and admin_bind is not None and not admin_bind.endswith(":0"):
         yield ConfigProblem("admin.bind", f"bind {admin_bind!r} is also a listener's bind")
 
 
 def _check_listener(
-    config: Config, listener: ListenerConfig, where: str
+    parts: ListenerParts, *, upstreams: frozenset[str] | None
 ) -> Iterator[ConfigProblem]:
-    for j, route in enumerate(listener.routes):
-        if route.upstream not in config.upstreams:
+    where = parts.path
+    known = sorted(upstreams) if upstreams is not None else []
+    for j, route in parts.routes:
+        if upstreams is not None and route.upstream not in upstreams:
             yield ConfigProblem(
                 f"{where}.routes[{j}].upstream",
-                f"unknown upstream {route.upstream!r} (known: {sorted(config.upstreams)})",
+                f"unknown upstream {route.upstream!r} (known: {known})",
             )
     paths: set[str] = set()
-    for j, check in enumerate(listener.health_checks):
-        if check.upstream is not None and check.upstream not in config.upstreams:
+    for j, check in parts.health_checks:
+        if check.upstream is not None and upstreams is not None and check.upstream not in upstreams:
             yield ConfigProblem(
                 f"{where}.health_checks[{j}].upstream",
-                f"unknown upstream {check.upstream!r} (known: {sorted(config.upstreams)})",
+                f"unknown upstream {check.upstream!r} (known: {known})",
             )
         if check.mode == "pass_through" and check.upstream is None:
             yield ConfigProblem(
@@ -393,7 +555,7 @@ def _check_listener(
                 f"{where}.health_checks[{j}].path", f"duplicate path {check.path!r}"
             )
         paths.add(check.path)
-    tls = listener.tls
+    tls = parts.tls
     if tls is not None and tls.min_version > tls.max_version:
         yield ConfigProblem(
             f"{where}.tls.min_version",

@@ -26,8 +26,9 @@ from http import HTTPStatus
 import h11
 import trio
 
-from gateproxy.core.config import split_hostport
 from gateproxy.core.prometheus import render_prometheus
+from gateproxy.net.listen_slots import open_guarded
+from gateproxy.net.listener import trio_listener
 
 log = logging.getLogger(__name__)
 
@@ -201,6 +202,7 @@ async def serve_admin(
 
 
 async def open_admin_listeners(bind: str) -> list[trio.SocketListener]:
-    """Bind ``admin.bind`` (``"127.0.0.1:9901"``, IPv6 as ``"[::1]:9901"``)."""
-    host, port = split_hostport(bind)
-    return await trio.open_tcp_listeners(port, host=host)
+    """Bind ``admin.bind`` (``"127.0.0.1:9901"``, IPv6 as ``"[::1]:9901"``) like a listener
+    (``SO_REUSEPORT``, refused when anybody else listens there, so ``gateproxy check`` passes
+    while gateproxy runs); a ListenError names ``admin.bind``."""
+    return [trio_listener(open_guarded(bind, key_path="admin.bind"))]

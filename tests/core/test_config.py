@@ -5,7 +5,13 @@ import yaml
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gateproxy.core.config import Config, load_config_data, load_config_text, split_hostport
+from gateproxy.core.config import (
+    Config,
+    check_config_data,
+    load_config_data,
+    load_config_text,
+    split_hostport,
+)
 from gateproxy.errors import ConfigError
 
 GOOD = {
@@ -110,17 +116,52 @@ def test_every_problem_is_listed_at_once() -> None:
     data["listeners"].append(dict(data["listeners"][0], tls=None))  # duplicate name and bind
     data["listeners"][1]["routes"] = [{"upstream": "ghost"}]
     data["upstreams"]["app"]["keepalive"] = "yes"
+    data["listeners"][0]["routes"].append({"upstream": "ap"})
+    data["listeners"][0]["health_checks"] = [{"path": "/h", "upstream": "nope"}]
     problems = _problems(data)
-    joined = "\n".join(problems)
-    assert "listeners[0].tls.session_cache.max_entries" in joined
-    assert "upstreams.app.keepalive" in joined
-    # cross checks run only once the schema holds; fix the schema errors and see them
-    data["listeners"][0]["tls"]["session_cache"]["max_entries"] = 5
-    data["upstreams"]["app"]["keepalive"] = 3
-    joined = "\n".join(_problems(data))
-    assert "listeners[1].name: duplicate listener name 'public'" in joined
-    assert "listeners[1].bind: bind '127.0.0.1:8443' is already used by listeners[0]" in joined
-    assert "listeners[1].routes[0].upstream: unknown upstream 'ghost'" in joined
+    # the schema errors and, in the same run, the cross-checks over every part that validated
+    # (including listeners[0], whose tls section did not)
+    assert problems == [
+        "gp.yaml: listeners[0].tls.session_cache.max_entries: "
+        "Input should be greater than or equal to 1, got -1",
+        "gp.yaml: upstreams.app.keepalive: Input should be a valid integer, got 'yes'",
+        "gp.yaml: listeners[0].routes[1].upstream: unknown upstream 'ap' (known: ['app'])",
+        "gp.yaml: listeners[0].health_checks[0].upstream: unknown upstream 'nope' (known: ['app'])",
+        "gp.yaml: listeners[1].name: duplicate listener name 'public' (also listeners[0])",
+        "gp.yaml: listeners[1].bind: bind '127.0.0.1:8443' is already used by listeners[0]",
+        "gp.yaml: listeners[1].routes[0].upstream: unknown upstream 'ghost' (known: ['app'])",
+    ]
+
+
+def test_cross_checks_skip_what_failed_validation() -> None:
+    data = _with("listeners.0.routes.0", {"upstream": 5})  # a route that failed: no cross-check
+    data["listeners"].append({"name": "bad name!", "bind": "127.0.0.1:8443", "routes": []})
+    data["admin"] = {"bind": "127.0.0.1:8443"}
+    problems = _problems(data)
+    assert not any("routes[0].upstream: unknown" in p for p in problems), problems
+    assert not any("duplicate listener name" in p for p in problems), problems
+    assert "gp.yaml: listeners[1].bind: bind '127.0.0.1:8443' is already used by listeners[0]" in (
+        problems
+    )
+    assert "gp.yaml: admin.bind: bind '127.0.0.1:8443' is also a listener's bind" in problems
+    # an unusable upstreams mapping names no upstream: no "unknown upstream" noise for routes
+    data = _with("upstreams", ["app"])
+    problems = _problems(data)
+    assert problems == ["gp.yaml: upstreams: Input should be a valid dictionary, got ('app',)"]
+
+
+def test_check_config_data_keeps_the_parts_that_validated() -> None:
+    data = _with("listeners.0.limits.max_headers", -1)
+    checked = check_config_data(data)
+    assert checked.config is None
+    assert [where for where, _tls in checked.tls_sections()] == ["listeners[0].tls"]
+    assert list(checked.binds()) == [
+        ("listeners[0].bind", "127.0.0.1:8443"),
+        ("admin.bind", "127.0.0.1:9901"),
+    ]
+    good = check_config_data(GOOD)
+    assert good.config is not None and good.problems == ()
+    assert list(good.binds()) == list(checked.binds())
 
 
 def test_min_above_max_version() -> None:
@@ -129,9 +170,31 @@ def test_min_above_max_version() -> None:
     assert any("min_version '1.3' is above max_version '1.2'" in p for p in _problems(data))
 
 
-def test_yaml_syntax_error_is_a_config_error() -> None:
-    with pytest.raises(ConfigError, match=r"gp\.yaml: not valid YAML"):
-        load_config_text("listeners: [", source="gp.yaml")
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (
+            "listeners:\n  - name: a\n    bind: x: y\n",
+            "bad.yaml:3:12: not valid YAML: mapping values are not allowed here",
+        ),
+        (
+            "listeners:\n  - name: a\n   bind: b\n",
+            "bad.yaml:3:4: not valid YAML: expected <block end>, but found '<block mapping start>'"
+            " (while parsing a block collection at 2:3)",
+        ),
+        ("a: &x 1\nb: *y\n", "bad.yaml:2:4: not valid YAML: found undefined alias 'y'"),
+        ("pid_file: 2001-02-30\n", "bad.yaml: not valid YAML: day is out of range for month"),
+    ],
+)
+def test_yaml_syntax_error_names_file_line_and_column(text: str, expected: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config_text(text, source="bad.yaml")
+    assert str(info.value) == expected
+
+
+def test_deeply_nested_yaml_is_a_config_error() -> None:
+    with pytest.raises(ConfigError, match=r"^gp\.yaml: not valid YAML: maximum recursion"):
+        load_config_text("[" * 5000, source="gp.yaml")
 
 
 def test_yaml_is_loaded_safely() -> None:

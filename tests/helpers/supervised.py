@@ -95,22 +95,27 @@ async def supervised(
     """Write ``config`` (JSON is YAML) and run ``gateproxy run`` on it until the block ends."""
     path = tmp_path / "gateproxy.yaml"
     path.write_text(json.dumps(config))
-    async with supervised_file(path, command=command) as proxy:
+    async with supervised_file(path, prefix=command) as proxy:
         yield proxy
 
 
 @asynccontextmanager
 async def supervised_file(
-    path: Path, *, command: Sequence[str] = GATEPROXY
+    path: Path,
+    *,
+    command: Sequence[str] | None = None,
+    prefix: Sequence[str] = GATEPROXY,
+    cwd: Path | None = None,
 ) -> AsyncIterator[Supervised]:
     """Run ``gateproxy run -c path`` until the block ends; then SIGTERM, and it must exit 0
-    within 15 s. ``command`` is what runs ``gateproxy`` (say, a wrapper, then the console
-    script)."""
+    within 15 s. ``prefix`` is what runs ``gateproxy`` (say, a wrapper, then the console
+    script); ``command`` replaces the whole command line (a run of it, as a user types it)."""
     async with trio.open_nursery() as nursery:
         process: trio.Process = await nursery.start(
             partial(
                 trio.run_process,
-                [*command, "run", "-c", str(path)],
+                list(command or [*prefix, "run", "-c", str(path)]),
+                cwd=cwd,
                 stderr=subprocess.PIPE,
                 check=False,
                 env=dict(os.environ, PYTHONUNBUFFERED="1"),

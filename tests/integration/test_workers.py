@@ -23,6 +23,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests.helpers.clients import client_context, https_request, split_address
 from tests.helpers.proxy import tls_listener
+from tests.helpers.sockets import busy_port
 from tests.helpers.supervised import Supervised, supervised
 from tests.helpers.tls_sessions import session_of
 from tests.helpers.upstreams import RecordingUpstream, SessionApp
@@ -367,3 +368,25 @@ async def test_a_second_sigterm_ends_the_shutdown_delay(
             with trio.fail_after(10):
                 await gp.process.wait()
     assert gp.process.returncode == 0
+
+
+async def test_a_reload_onto_a_busy_admin_port_is_refused_and_the_old_admin_stays(
+    tmp_path: Path, ca: trustme.CA, server_cert: Any
+) -> None:
+    async with (
+        RecordingUpstream() as up,
+        supervised(_config(server_cert, up.address, workers=1), tmp_path) as gp,
+    ):
+        with busy_port() as taken:
+            config = json.loads(gp.config_path.read_text())
+            config["admin"]["bind"] = f"127.0.0.1:{taken}"
+            gp.config_path.write_text(json.dumps(config))
+            gp.signal(signal.SIGHUP)
+            failed = await gp.wait_event("reload_failed")
+        resp = await https_request(gp.address(), ca=ca)
+        stats = await gp.stats()  # on the old admin address
+    assert failed["errors"] == [
+        f"admin.bind: cannot listen on 127.0.0.1:{taken}: [Errno 98] Address already in use"
+    ]
+    assert resp.status == 200
+    assert stats["supervisor"]["generation"] == 1
