@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from gateproxy.config_files import load_config_file
+from gateproxy.config_files import load_and_check
 from tests.conftest import CertPaths
 from tests.test_systemd_unit import parse_unit
 
@@ -156,7 +156,7 @@ def test_installed_config_passes_the_units_check_and_its_paths_exist(
         [fake.move(word) for word in pre], capture_output=True, text=True, timeout=60, check=False
     )
     assert check.returncode == 0 and ": OK (" in check.stdout, check.stderr
-    config = load_config_file(str(config_path))
+    config = load_and_check(config_path)[0]
     assert config.pid_file and config.access_log.path.startswith("/")
     assert str(Path(config.pid_file).parent) in created  # /run/gateproxy: RuntimeDirectory
     assert str(Path(config.access_log.path).parent) in created  # /var/log/gateproxy
@@ -177,7 +177,7 @@ def test_logrotate_rotates_the_configured_log_and_signals_the_main_process(
     fake = installed
     text = fake.path("/etc/logrotate.d/gateproxy").read_text()
     assert text == (REPO / "config" / "gateproxy.logrotate").read_text()
-    config = load_config_file(str(fake.path("/etc/gateproxy/gateproxy.yaml")))
+    config = load_and_check(fake.path("/etc/gateproxy/gateproxy.yaml"))[0]
     assert re.search(rf"^{re.escape(config.access_log.path)} {{$", text, re.M)
     directives = {line.split()[0] for line in text.splitlines() if line.startswith("    ")}
     assert "create" in directives and "copytruncate" not in directives
