@@ -387,7 +387,10 @@ class ClientSide:
         await self.send(h11.EndOfMessage())
 
     async def abort(self) -> None:
-        """Cut the connection without close_notify, so a partial response never looks complete."""
+        """Cut the connection without close_notify, so a partial response never looks complete.
+
+        After a TLS error the fatal alert has already left: ``ServerTLSStream`` sends it as it
+        raises, so cutting the transport here loses nothing (keep that when this moves)."""
         self.aborted = True
         transport = getattr(self.stream, "transport_stream", self.stream)
         await trio.aclose_forcefully(transport)

@@ -15,6 +15,13 @@ for readiness first instead of trying (and failing) first.
 Semantics match ``trio.SSLStream(..., https_compatible=False)``: a peer's close_notify reads as
 ``b""``, a TCP EOF without it (or any TLS error) raises ``trio.BrokenResourceError``, and
 ``aclose`` sends close_notify without waiting for the peer's.
+
+Errors: when OpenSSL fails a connection (a malformed, oversized or unauthenticated record, an
+unexpected message), it has already written its fatal alert into the outgoing memory BIO; nothing
+reaches the peer unless we send it. Every error path therefore sends what is pending before it
+raises (``_send_pending_now``: without waiting, like OpenSSL's own write to a socket BIO in nginx,
+so an error path never blocks on a peer that does not read), and the peer sees the alert instead
+of a bare TCP close. The handshake path waits for its alert (it runs under the handshake timeout).
 """
 
 from __future__ import annotations
@@ -90,6 +97,7 @@ class ServerTLSStream(trio.abc.Stream):
             except ssl.SSLZeroReturnError:
                 return b""
             except (ssl.SSLError, ValueError) as exc:
+                self._send_pending_now()  # OpenSSL's fatal alert (see the module docstring)
                 raise trio.BrokenResourceError(f"TLS error: {exc}") from exc
             if self._outgoing.pending:
                 await self._flush()
@@ -103,6 +111,7 @@ class ServerTLSStream(trio.abc.Stream):
         try:
             self.ssl_object.write(data)
         except (ssl.SSLError, ValueError) as exc:
+            self._send_pending_now()
             raise trio.BrokenResourceError(f"TLS error: {exc}") from exc
         await self._flush()
 
@@ -121,6 +130,9 @@ class ServerTLSStream(trio.abc.Stream):
             except ssl.SSLWantReadError:
                 pass  # close_notify written; the peer's is not awaited
             except (ssl.SSLError, ValueError):
+                # A failed connection gets no close_notify, but the alert of its failure (if
+                # an error path has not sent it yet) still goes out.
+                self._send_pending_now()
                 return
             await self._flush()
         except (trio.BrokenResourceError, OSError):
@@ -169,6 +181,14 @@ class ServerTLSStream(trio.abc.Stream):
             view = view[sent:]
         self._sent = True
         await self._maybe_yield()
+
+    def _send_pending_now(self) -> None:
+        """Error paths: send the pending ciphertext (a fatal alert) as far as the kernel takes
+        it without waiting; whatever it does not take is dropped, as is any send error."""
+        view = memoryview(self._outgoing.read())
+        with contextlib.suppress(OSError):  # BlockingIOError included
+            while view and (sent := os.write(self._fd, view)):
+                view = view[sent:]
 
     async def _flush_quietly(self) -> None:
         with contextlib.suppress(trio.BrokenResourceError):
