@@ -34,17 +34,20 @@ MALFORMED: dict[str, tuple[bytes, str, bool]] = {
 
 
 def record_order(ctx: ssl.SSLContext) -> list[str]:
-    """Start logging, in order, the ``"ticket"`` and ``"alert"`` messages a client context reads
-    (through CPython's ``_msg_callback`` debugging hook, the only way the stdlib shows them)."""
+    """Start logging, in order, what a client context reads after the handshake: ``"ticket"``
+    (a NewSessionTicket), ``"data"`` (a TLS 1.3 application data record), ``"alert"``. Through
+    CPython's ``_msg_callback`` debugging hook, the only way the stdlib shows records."""
     seen: list[str] = []
 
     def callback(
-        _conn: object, direction: str, _version: object, content: int, msg: int, _data: bytes
+        _conn: object, direction: str, _version: object, content: int, msg: int, data: bytes
     ) -> None:
         if direction != "read":
             return
         if content == HANDSHAKE and msg == ssl._TLSMessageType.NEWSESSION_TICKET:
             seen.append("ticket")
+        elif content == ssl._TLSContentType.INNER_CONTENT_TYPE and data == bytes([23]):
+            seen.append("data")
         elif content == ssl._TLSContentType.ALERT:
             seen.append("alert")
 
