@@ -14,6 +14,13 @@ Semantics match ``trio.SSLStream(..., https_compatible=False)``: a peer's close_
 ``b""``, a TCP EOF without it (or any TLS error) raises ``trio.BrokenResourceError``, and
 ``aclose`` sends close_notify without waiting for the peer's. :meth:`receive_nowait` is the
 non-blocking read the pump uses when it waits for the client and the upstream at once.
+
+Errors: when OpenSSL fails a connection (a malformed, oversized or unauthenticated record, an
+unexpected message), it has already written its fatal alert into the outgoing memory BIO; nothing
+reaches the peer unless we send it. Every error path therefore sends what is pending before it
+raises (``_send_pending_now``: without waiting, like OpenSSL's own write to a socket BIO in nginx,
+so an error path never blocks on a peer that does not read), and the peer sees the alert instead
+of a bare TCP close. The handshake path waits for its alert (it runs under the handshake timeout).
 """
 
 from __future__ import annotations
@@ -96,6 +103,7 @@ class ServerTLSStream(trio.abc.Stream):
             except ssl.SSLZeroReturnError:
                 return b""
             except (ssl.SSLError, ValueError) as exc:
+                self._send_pending_now()  # OpenSSL's fatal alert (see the module docstring)
                 raise trio.BrokenResourceError(f"TLS error: {exc}") from exc
             if self._outgoing.pending:
                 await self._flush()
@@ -114,6 +122,7 @@ class ServerTLSStream(trio.abc.Stream):
             except ssl.SSLZeroReturnError:
                 return b""
             except (ssl.SSLError, ValueError) as exc:
+                self._send_pending_now()
                 raise trio.BrokenResourceError(f"TLS error: {exc}") from exc
             try:
                 data = self._io.read_nowait(RECORD_READ)
@@ -131,6 +140,7 @@ class ServerTLSStream(trio.abc.Stream):
             try:
                 self.ssl_object.write(data)
             except (ssl.SSLError, ValueError) as exc:
+                self._send_pending_now()
                 raise trio.BrokenResourceError(f"TLS error: {exc}") from exc
         await self._flush()
 
@@ -149,6 +159,9 @@ class ServerTLSStream(trio.abc.Stream):
             except ssl.SSLWantReadError:
                 pass  # close_notify written; the peer's is not awaited
             except (ssl.SSLError, ValueError):
+                # A failed connection gets no close_notify, but the alert of its failure (if
+                # an error path has not sent it yet) still goes out.
+                self._send_pending_now()
                 return
             await self._flush()
         except (trio.BrokenResourceError, OSError):
@@ -183,6 +196,12 @@ class ServerTLSStream(trio.abc.Stream):
         except OSError as exc:
             raise trio.BrokenResourceError(f"connection lost: {exc}") from exc
         self._sent = True
+
+    def _send_pending_now(self) -> None:
+        """Error paths: send the pending ciphertext (a fatal alert) as far as the kernel takes
+        it without waiting; whatever it does not take is dropped, as is any send error."""
+        with contextlib.suppress(OSError):
+            self._io.write_nowait(self._outgoing.read())
 
     async def _flush_quietly(self) -> None:
         with contextlib.suppress(trio.BrokenResourceError):

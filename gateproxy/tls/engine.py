@@ -179,8 +179,6 @@ class ListenerTLSEngine:
         self._conns[ptr] = _Conn(client)
         if self._session_bridge is not None:
             self._session_bridge.clients[ptr] = client
-        if self._ticket_bridge is not None:
-            self._ticket_bridge.renewed_on.discard(ptr)
 
     def unregister_connection(self, ssl_object: ssl.SSLObject) -> None:
         """Call when the connection ends (the ``SSL*`` may then be reused).
@@ -201,13 +199,12 @@ class ListenerTLSEngine:
         self._conns.pop(ptr, None)
         if self._session_bridge is not None:
             self._session_bridge.clients.pop(ptr, None)
-        if self._ticket_bridge is not None:
-            self._ticket_bridge.renewed_on.discard(ptr)
 
     def send_deferred_tickets(self, ssl_object: ssl.SSLObject) -> None:
         """TLS 1.3 with deferred tickets: queue ``per_handshake`` tickets (sent with the next
-        write). Only after a full handshake, or a resumption whose ticket was renewed (what
-        OpenSSL itself would have done). No-op otherwise; idempotent per connection."""
+        write, so before the response), or one after a resumption: what OpenSSL itself sends,
+        as it renews every TLS 1.3 ticket (see ticket_callback.py). No-op otherwise;
+        idempotent per connection."""
         if not self._defer or self._tls.tickets.per_handshake == 0:
             return
         lib = self._lib
@@ -218,10 +215,7 @@ class ListenerTLSEngine:
         conn.tickets_sent = True
         if lib.ssl_version(ptr) != L.TLS1_3_VERSION or lib.get_options(ptr) & ssl.OP_NO_TICKET:
             return  # TLS 1.2 tickets go out in the handshake; a probe connection gets none
-        renewed = self._ticket_bridge is not None and ptr in self._ticket_bridge.renewed_on
-        if lib.session_reused(ptr) and not renewed:
-            return
-        for _ in range(self._tls.tickets.per_handshake):
+        for _ in range(1 if lib.session_reused(ptr) else self._tls.tickets.per_handshake):
             if not lib.new_session_ticket(ptr):
                 break
 

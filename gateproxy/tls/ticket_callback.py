@@ -10,18 +10,20 @@ key; this module only turns a :class:`TicketKey` into OpenSSL calls:
   AES-256-CBC (32-byte keys) or AES-128-CBC (16-byte keys), HMAC-SHA256 parameters on the MAC
   context; return 1. Any failure returns 0: no ticket this time, the handshake goes on.
 * decrypt: unknown name -> 0 (``rejected``; clean full handshake and a new ticket). Known name ->
-  MAC parameters + ``EVP_DecryptInit_ex``; return 1 for the current key, **2 for an older one**
-  (``renewed``: OpenSSL then issues a fresh ticket under the current key; in TLS 1.3 on 3.0 it
-  is the *only* way a resumed connection gets a new ticket). A failing EVP call returns 0 as
-  well: -1 would abort the client's handshake, and a full handshake is always a safe answer.
+  MAC parameters + ``EVP_DecryptInit_ex``; return **2 for an older key** (``renewed``: OpenSSL
+  then issues a fresh ticket under the current key) and **2 for every TLS 1.3 ticket**, 1 only
+  for a TLS 1.2 ticket under the current key. In TLS 1.3 on 3.0, 2 is the *only* way a resumed
+  connection gets a new ticket, and TLS 1.3 tickets are meant for one use (RFC 8446 C.4):
+  OpenSSL's built-in keys renew every TLS 1.3 ticket, and so does nginx's callback. A failing
+  EVP call returns 0 as well: -1 would abort the client's handshake, and a full handshake is
+  always a safe answer.
 
 The ``OSSL_PARAM`` arrays (``{"key", OCTET_STRING, hmac_key}``, ``{"digest", UTF8_STRING,
 "SHA256"}``, ``{NULL}``) are built once per key and kept, with their buffers, while the key is in
 the ring. The ring is read once per call, so a rotation between two callbacks is harmless.
 
 The thunk holds a weak reference to its :class:`TicketBridge` (see session_callbacks.py for the
-lifetime rules) and is itself kept in ``KEEP_ALIVE`` forever. Connections whose ticket was
-renewed are remembered by ``SSL*`` so deferred TLS 1.3 tickets can still be sent to them.
+lifetime rules) and is itself kept in ``KEEP_ALIVE`` forever.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from gateproxy.tls.libssl import (
     OSSL_PARAM_OCTET_STRING,
     OSSL_PARAM_UTF8_STRING,
     TICKET_KEY_EVP_CB,
+    TLS1_3_VERSION,
     LibSSL,
     OSSLParam,
 )
@@ -81,7 +84,6 @@ class TicketBridge:
         self.lib = lib
         self.keyring = keyring
         self.stats = stats
-        self.renewed_on: set[int] = set()  # SSL* whose ticket was renewed (until unregistered)
         self.errors = 0
         self._params: dict[TicketKey, _MacParams] = {}
 
@@ -129,11 +131,13 @@ class TicketBridge:
             log.error("EVP_DecryptInit_ex failed: ticket ignored, full handshake")
             return 0
         self.stats.decrypted += 1
-        if current:
-            return 1
-        self.stats.renewed += 1
-        self.renewed_on.add(ssl_ptr)
-        return 2
+        if not current:
+            self.stats.renewed += 1
+            return 2
+        # Returning 1 here for TLS 1.3 sent no ticket on a resumed connection: clients that
+        # expect a fresh one (tlsfuzzer's resumption tests: "the server sends at least one
+        # NewSessionTicket always") read the response where the ticket should have been.
+        return 2 if lib.ssl_version(ssl_ptr) == TLS1_3_VERSION else 1
 
     def failed(self) -> None:
         self.errors += 1

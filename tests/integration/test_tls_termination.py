@@ -9,8 +9,16 @@ import trio
 import trustme
 
 from tests.conftest import CertPaths
-from tests.helpers.clients import curl, https_request, openssl_s_client, pyopenssl_get
+from tests.helpers.clients import (
+    client_context,
+    curl,
+    https_request,
+    openssl_s_client,
+    pyopenssl_get,
+    split_address,
+)
 from tests.helpers.proxy import address, proxy_config, running_proxy, tls_listener
+from tests.helpers.tls_bio import MALFORMED, BioClient
 from tests.helpers.upstreams import RecordingUpstream
 
 
@@ -203,3 +211,35 @@ async def test_old_protocol_hellos_are_refused(
     handshakes = stats["listeners"]["public"]["tls"]["handshakes"]  # type: ignore[index]
     assert handshakes["failed"] == 1 and handshakes["full"] == 1
     assert good.status == 200 and len(up.requests) == 1
+
+
+@pytest.mark.parametrize("when", ["before-any-request", "after-a-response", "mid-upload"])
+@pytest.mark.parametrize("name", ["bad-tag", "oversized"])
+async def test_a_protocol_error_after_the_handshake_gets_the_fatal_alert(
+    ca: trustme.CA, server_cert: CertPaths, when: str, name: str
+) -> None:
+    """What an outside battery (tlsfuzzer) checks: a broken record after the handshake is
+    answered with OpenSSL's fatal alert, as nginx does, not with a bare TCP close; also when it
+    interrupts an upload (the request is then aborted, the alert still goes out)."""
+    raw, alert, _ = MALFORMED[name]
+    async with RecordingUpstream() as up:
+        config = proxy_config(
+            [tls_listener(cert=server_cert.cert, key=server_cert.key)],
+            {"app": {"servers": [up.address]}},
+        )
+        async with running_proxy(config) as daemon:
+            sock = await trio.open_tcp_stream(*split_address(address(daemon)))
+            async with sock:
+                client = BioClient(sock, client_context(ca))
+                await client.handshake()
+                if when == "after-a-response":
+                    await client.send(b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n")
+                    assert (await client.read_response()).startswith(b"HTTP/1.1 200 ")
+                elif when == "mid-upload":
+                    head = b"POST /up HTTP/1.1\r\nHost: localhost\r\nContent-Length: 100000\r\n\r\n"
+                    await client.send(head + b"x" * 5000)
+                    await up.wait_for(lambda: up.connections == 1)
+                await sock.send_all(raw)
+                outcome = await client.receive_until_close()
+    assert outcome.startswith("alert:") and alert in outcome
+    assert len(up.requests) == (1 if when == "after-a-response" else 0)  # the upload: aborted

@@ -13,6 +13,7 @@ import trustme
 from tests.conftest import CertPaths
 from tests.helpers.clients import client_context, https_request, split_address
 from tests.helpers.proxy import address, proxy_config, running_proxy, tls_listener
+from tests.helpers.tls_bio import BioClient
 from tests.helpers.upstreams import (
     MisbehavingUpstream,
     MisbehaviourMode,
@@ -108,6 +109,21 @@ async def test_upstream_dying_mid_body_aborts_the_client_and_is_not_reused(
     assert servers[0]["idle"] == 0 and servers[0]["active"] == 0
     if mode == "stall_body":
         assert up.closed_by_peer == 1  # the proxy closed the stalled connection
+
+
+async def test_a_response_cut_by_the_upstream_is_cut_for_the_client_too(
+    ca: trustme.CA, server_cert: CertPaths
+) -> None:
+    """A truncated body must never look complete: no close_notify (and no alert) after it."""
+    async with MisbehavingUpstream("close_mid_body") as up:
+        async with running_proxy(_config(server_cert, [up.address])) as daemon:
+            sock = await trio.open_tcp_stream(*split_address(address(daemon)))
+            async with sock:
+                client = BioClient(sock, client_context(ca))
+                await client.handshake()
+                await client.send(b"GET /x HTTP/1.1\r\nHost: localhost\r\n\r\n")
+                assert (await client.read_response()).startswith(b"HTTP/1.1 200 ")
+                assert await client.receive_until_close() == "bare close"
 
 
 def _send_partial_upload(addr: str, ca: trustme.CA) -> None:

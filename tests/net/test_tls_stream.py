@@ -16,6 +16,7 @@ from gateproxy.net.fd_io import CHECKPOINT_EVERY
 from gateproxy.net.tls_stream import ServerTLSStream
 from tests.conftest import CertPaths
 from tests.helpers.sockets import SocketPair, tcp_pair
+from tests.helpers.tls_bio import MALFORMED, BioClient
 
 Client = trio.SSLStream[trio.SocketStream]
 
@@ -58,31 +59,6 @@ async def echo(server: ServerTLSStream, client: Client) -> None:
     assert await server.receive_some() == b"ping"
     await server.send_all(b"pong")
     assert await client.receive_some() == b"pong"
-
-
-class BioClient:
-    """A stdlib client SSLObject on memory BIOs, fed from a trio socket by the test itself."""
-
-    def __init__(
-        self, sock: trio.SocketStream, ctx: ssl.SSLContext, session: ssl.SSLSession | None = None
-    ) -> None:
-        self.sock = sock
-        self.incoming = ssl.MemoryBIO()
-        self.outgoing = ssl.MemoryBIO()
-        self.obj = ctx.wrap_bio(
-            self.incoming, self.outgoing, server_hostname="localhost", session=session
-        )
-
-    async def handshake(self) -> None:
-        while True:
-            try:
-                self.obj.do_handshake()
-                break
-            except ssl.SSLWantReadError:
-                if self.outgoing.pending:
-                    await self.sock.send_all(self.outgoing.read())
-                self.incoming.write(await self.sock.receive_some())
-        await self.sock.send_all(self.outgoing.read())
 
 
 # --- tests ----------------------------------------------------------------------------------------
@@ -155,6 +131,42 @@ async def test_tcp_close_without_close_notify_is_broken(
     with pytest.raises(trio.BrokenResourceError):
         await server.receive_some()
     await server.aclose()
+
+
+PROTOCOL_ERRORS = [
+    pytest.param(version, name, id=f"{name}-{version.name}")
+    for name, (_record, _alert, tls12_too) in MALFORMED.items()
+    for version in (ssl.TLSVersion.TLSv1_3, ssl.TLSVersion.TLSv1_2)
+    if tls12_too or version is ssl.TLSVersion.TLSv1_3
+]
+
+
+@pytest.mark.parametrize(("version", "name"), PROTOCOL_ERRORS)
+async def test_a_protocol_error_after_the_handshake_sends_the_fatal_alert(
+    sockets: SocketPair,
+    server_ctx: ssl.SSLContext,
+    client_ctx: ssl.SSLContext,
+    version: ssl.TLSVersion,
+    name: str,
+) -> None:
+    raw, alert, _ = MALFORMED[name]
+    client_ctx.maximum_version = version
+    server = ServerTLSStream(sockets[0], server_ctx)
+    client = BioClient(sockets[1], client_ctx)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(server.do_handshake)
+        nursery.start_soon(client.handshake)
+    await client.send(b"ping")
+    assert await server.receive_some() == b"ping"
+    await sockets[1].send_all(raw)  # past the client's record layer, as a broken peer would
+    with pytest.raises(trio.BrokenResourceError, match="TLS error"):
+        await server.receive_some()
+    # The alert left with the error (the server has not closed yet, whatever its caller does
+    # next: the request loop closes, a cut response aborts the socket) ...
+    outcome = await client.receive_until_close(max_wait=5)
+    assert outcome.startswith("alert:") and alert in outcome  # not a bare TCP close
+    await server.aclose()  # ... and no close_notify follows it
+    assert await sockets[1].receive_some() == b""
 
 
 @pytest.mark.parametrize("garbage", [b"GET / HTTP/1.1\r\n\r\n", b""], ids=["http", "nothing"])
