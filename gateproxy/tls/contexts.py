@@ -10,19 +10,23 @@ A listener gets two *entry* contexts, both server side:
   (see tls-engine.md, "Health checks that leave no TLS state"). The ctypes layer will also turn
   the session cache off on it; the stdlib cannot.
 
-The first configured certificate is loaded into both entry contexts and is the default. Every
-other certificate gets its own pair of per-certificate contexts (one configured like ``main``,
-one like ``probe``), and each entry context has an ``sni_callback`` that looks the client's
-server name up in an :class:`SniTable` and switches ``ssl_object.context`` to the matching
-per-certificate context. Unknown names and clients without SNI keep the default certificate.
+Certificates are chosen by server name first, then by key type. An ``SSL_CTX`` holds one
+certificate per key type (RSA, EC, Ed25519, ...) and OpenSSL serves the one the client can verify
+(TLS 1.3 ``signature_algorithms``; TLS 1.2 the cipher's authentication, ECDHE-ECDSA or ECDHE-RSA),
+so a context is made per *group*: the certificates, at most one per key type, that serve a name
+(:meth:`SniTable.choose`). The default group (clients without SNI, or with a name no certificate
+carries) is the first certificate plus, per other key type, the first certificate with exactly
+its SAN names. The default group's contexts are the entry contexts; each entry context has an
+``sni_callback`` that switches ``ssl_object.context`` to the context of the name's group.
 
 The SNI trap: switching ``ssl_object.context`` only swaps the certificate (and the ALPN
 callback, which OpenSSL reads from the current ``SSL_CTX``). Options, ``num_tickets``, the
-protocol versions, the ticket-key callback and the session cache stay with the *entry* context
-the connection started on. So every per-certificate context is configured exactly like its
-entry context (one function, :func:`_configure`, does both) so that nothing depends on which
-of the two OpenSSL happens to consult, and anything session-related (ticket keys, cache size,
-session callbacks) belongs on ``main`` and ``probe`` only, through a per-listener closure.
+protocol versions, the ticket-key callback and the session cache stay
+with the *entry* context the connection started on. So every per-group context is configured
+exactly like its entry context (one function, :func:`_configure`, does both) so that nothing
+depends on which of the two OpenSSL happens to consult, and anything session-related (ticket
+keys, cache size, session callbacks) belongs on ``main`` and ``probe`` only, through a
+per-listener closure.
 
 Certificate checks (files readable, PEM, key matches certificate, not expired) are done with
 the ``cryptography`` package first so that each problem names its file and dotted config path;
@@ -41,13 +45,23 @@ from pathlib import Path
 from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed448, ed25519, rsa
 from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes, PublicKeyTypes
 
 from gateproxy.core.config import TLSConfig
 from gateproxy.errors import ConfigError, ConfigProblem
+from gateproxy.tls.sni import SniTable
 
 _VERSIONS = {"1.2": ssl.TLSVersion.TLSv1_2, "1.3": ssl.TLSVersion.TLSv1_3}
 _ALPN = ["http/1.1"]
+# OpenSSL keeps one certificate per key type in an SSL_CTX (every EC curve shares one slot).
+_KEY_TYPES: tuple[tuple[type, str], ...] = (
+    (rsa.RSAPrivateKey, "RSA"),
+    (ec.EllipticCurvePrivateKey, "EC"),
+    (ed25519.Ed25519PrivateKey, "Ed25519"),
+    (ed448.Ed448PrivateKey, "Ed448"),
+    (dsa.DSAPrivateKey, "DSA"),
+)
 
 
 @dataclass(frozen=True)
@@ -58,49 +72,22 @@ class CertificateInfo:
     key_path: Path
     dns_names: tuple[str, ...]  # SAN DNS names, lower case, as written ("*.example.com")
     not_valid_after: datetime  # UTC
+    key_type: str  # "RSA", "EC", "Ed25519", ...: the SSL_CTX slot it occupies
+    ip_addresses: tuple[str, ...]  # SAN IP addresses
 
 
-class SniTable:
-    """Server name -> index of the certificate that serves it (0 = the default).
-
-    Matching follows RFC 6125 on the certificates' SAN DNS names only (the subject CN is
-    ignored, as browsers do): case-insensitive, a trailing dot ignored, exact names first
-    across all certificates, then wildcards. A wildcard is a whole leftmost ``*`` label that
-    matches exactly one label: ``*.example.com`` matches ``a.example.com`` but neither
-    ``example.com`` nor ``a.b.example.com``. Partial-label wildcards (``w*.example.com``) and
-    wildcards directly over a single label (``*.com``) never match. When several certificates
-    carry the same name, the first one configured wins.
-    """
-
-    def __init__(self, names_per_certificate: Sequence[Sequence[str]]) -> None:
-        self._exact: dict[str, int] = {}
-        self._wildcard: dict[str, int] = {}  # "example.com" for "*.example.com"
-        for index, names in enumerate(names_per_certificate):
-            for raw in names:
-                name = _normalise(raw)
-                if name.startswith("*."):
-                    suffix = name[2:]
-                    if "." in suffix and "*" not in suffix:
-                        self._wildcard.setdefault(suffix, index)
-                elif name and "*" not in name:
-                    self._exact.setdefault(name, index)
-
-    def lookup(self, server_name: str | None) -> int:
-        """Return the index of the certificate for ``server_name`` (0 when nothing matches)."""
-        if not server_name:
-            return 0
-        name = _normalise(server_name)
-        found = self._exact.get(name)
-        if found is not None:
-            return found
-        first, dot, rest = name.partition(".")
-        if first and dot:
-            return self._wildcard.get(rest, 0)
-        return 0
-
-
-def _normalise(name: str) -> str:
-    return name.strip().rstrip(".").lower()
+def default_group(infos: Sequence[CertificateInfo]) -> tuple[int, ...]:
+    """The certificates for clients without SNI (or with an unknown name): the first one, and
+    per other key type the first certificate with exactly the same SAN names (DNS and IP)."""
+    if not infos:
+        return ()
+    first = infos[0]
+    names = (frozenset(first.dns_names), frozenset(first.ip_addresses))
+    chosen = {first.key_type: 0}
+    for index, info in enumerate(infos[1:], start=1):
+        if (frozenset(info.dns_names), frozenset(info.ip_addresses)) == names:
+            chosen.setdefault(info.key_type, index)
+    return tuple(sorted(chosen.values()))
 
 
 @dataclass(frozen=True)
@@ -194,8 +181,10 @@ def _inspect_pair(
     info = CertificateInfo(
         cert_path=cert_path,
         key_path=key_path,
-        dns_names=_dns_names(leaf),
+        dns_names=_san_values(leaf, x509.DNSName),
         not_valid_after=expiry,
+        key_type=_key_type(key),
+        ip_addresses=_san_values(leaf, x509.IPAddress),
     )
     return info, []
 
@@ -248,12 +237,21 @@ def _spki(public_key: PublicKeyTypes) -> bytes:
     )
 
 
-def _dns_names(cert: x509.Certificate) -> tuple[str, ...]:
+def _san_values(
+    cert: x509.Certificate, kind: type[x509.DNSName] | type[x509.IPAddress]
+) -> tuple[str, ...]:
     try:
         san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     except x509.ExtensionNotFound:
         return ()
-    return tuple(name.lower() for name in san.get_values_for_type(x509.DNSName))
+    return tuple(str(value).lower() for value in san.get_values_for_type(kind))
+
+
+def _key_type(key: PrivateKeyTypes) -> str:
+    for cls, name in _KEY_TYPES:
+        if isinstance(key, cls):
+            return name
+    return type(key).__name__
 
 
 def _ssl_reason(exc: ssl.SSLError) -> str:
@@ -282,7 +280,7 @@ def build_listener_contexts(
     problems += check_tls_settings(tls, path=path)
     if problems:
         raise ConfigError(source, problems)
-    sni = SniTable([info.dns_names for info in infos])
+    sni = SniTable([info.dns_names for info in infos], key_types=[i.key_type for i in infos])
     try:
         main = _entry_context(tls, infos, sni, probe=False)
         probe = _entry_context(tls, infos, sni, probe=True)
@@ -298,23 +296,27 @@ def build_listener_contexts(
 def _entry_context(
     tls: TLSConfig, infos: Sequence[CertificateInfo], sni: SniTable, *, probe: bool
 ) -> ssl.SSLContext:
-    per_cert = [_configure(tls, info, probe=probe) for info in infos]
-    entry = per_cert[0]  # the default certificate's context is the entry context
+    default = default_group(infos)
+    per_group = {
+        group: _configure(tls, [infos[i] for i in group], probe=probe)
+        for group in sni.groups() | {default}
+    }
+    entry = per_group[default]
 
-    def choose_certificate(
+    def choose_certificates(
         ssl_object: ssl.SSLObject, server_name: str | None, _ctx: ssl.SSLContext
     ) -> int | None:
-        index = sni.lookup(server_name)
-        if index:
-            ssl_object.context = per_cert[index]
-        return None  # never abort: an unknown name gets the default certificate
+        chosen = per_group.get(sni.choose(server_name))
+        if chosen is not None and chosen is not entry:
+            ssl_object.context = chosen
+        return None  # never abort: an unknown name gets the default certificates
 
-    if len(per_cert) > 1:
-        entry.sni_callback = choose_certificate
+    if len(per_group) > 1:
+        entry.sni_callback = choose_certificates
     return entry
 
 
-def _configure(tls: TLSConfig, info: CertificateInfo, *, probe: bool) -> ssl.SSLContext:
+def _configure(tls: TLSConfig, infos: Sequence[CertificateInfo], *, probe: bool) -> ssl.SSLContext:
     """One server context; every context of a listener is made here, hence identical."""
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.minimum_version = _VERSIONS[tls.min_version]
@@ -336,5 +338,6 @@ def _configure(tls: TLSConfig, info: CertificateInfo, *, probe: bool) -> ssl.SSL
     ctx.num_tickets = tls.tickets.per_handshake if tickets else 0
     if not tickets:
         ctx.options |= ssl.OP_NO_TICKET
-    ctx.load_cert_chain(info.cert_path, info.key_path)
+    for info in infos:  # one per key type: OpenSSL keeps each in its own slot
+        ctx.load_cert_chain(info.cert_path, info.key_path)
     return ctx

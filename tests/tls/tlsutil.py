@@ -274,3 +274,13 @@ def ticket_key_name(session: ssl.SSLSession) -> bytes:
     fn(L.session_pointer(session), ctypes.byref(ptr), ctypes.byref(length))
     assert ptr.value and length.value >= 16 + 16 + 32, "no ticket in the session"
     return ctypes.string_at(ptr.value, 16)
+
+
+def restrict_sigalgs(ctx: ssl.SSLContext, sigalgs: str) -> None:
+    """``SSL_CTX_set1_sigalgs_list`` on a test client: the stdlib has no setter for what a TLS 1.3
+    client offers (``"ECDSA+SHA256"``, ``"RSA-PSS+SHA256"``), and it picks the server's
+    certificate."""
+    set_sigalgs_list = 98  # SSL_CTRL_SET_SIGALGS_LIST, ssl.h
+    lib = L.get_libssl()
+    fn = lib._fn["ctx_ctrl"]
+    assert fn(L.ctx_pointer(ctx), set_sigalgs_list, 0, sigalgs.encode()) == 1, sigalgs
