@@ -31,7 +31,9 @@ def certificate_problems(config: Config, *, base_dir: Path) -> list[ConfigProble
     for i, listener in enumerate(config.listeners):
         if listener.tls is not None:
             where = f"listeners[{i}].tls"
-            problems += check_tls_settings(listener.tls, path=where)
+            problems += check_tls_settings(
+                listener.tls, path=where, degraded=config.tls_engine == "stdlib_only"
+            )
             problems += check_certificates(listener.tls, base_dir=base_dir, path=where)
             problems += read_ticket_keys(listener.tls, base_dir=base_dir, now=0.0, path=where)[1]
     return problems

@@ -118,6 +118,28 @@ MOZILLA_INTERMEDIATE_CIPHERS = ":".join(
 )
 
 
+# Mozilla "intermediate" key-exchange groups, in nginx's ``ssl_ecdh_curve`` syntax. OpenSSL's own
+# default list also offers X448, P-521 and FFDHE 2048-8192.
+DEFAULT_CURVES = "X25519:prime256v1:secp384r1"
+
+
+def _parse_curves(value: object) -> str:
+    # nginx/HAProxy write "X25519:prime256v1"; a YAML list (Envoy's ecdh_curves) is accepted too.
+    # Whether OpenSSL knows each name is checked by `gateproxy check` (tls/contexts.py).
+    names = value.split(":") if isinstance(value, str) else value
+    if not isinstance(names, tuple | list) or not all(isinstance(n, str) for n in names):
+        raise ValueError(f"expected group names such as 'X25519:prime256v1', got {value!r}")
+    cleaned = [n.strip() for n in names]
+    if not cleaned or any(not n or " " in n for n in cleaned):
+        raise ValueError(
+            f"expected colon-separated group names such as 'X25519:prime256v1', got {value!r}"
+        )
+    return ":".join(cleaned)
+
+
+Curves = Annotated[str, BeforeValidator(_parse_curves)]
+
+
 class CertificateConfig(_Model):
     cert: str
     key: str
@@ -148,6 +170,8 @@ class TLSConfig(_Model):
     min_version: TLSVersion = "1.2"
     max_version: TLSVersion = "1.3"
     ciphers: str = MOZILLA_INTERMEDIATE_CIPHERS
+    curves: Curves = DEFAULT_CURVES
+    prefer_server_ciphers: bool = False  # Mozilla intermediate: the client's order
     handshake_timeout: Duration = 10.0
     session_cache: SessionCacheConfig = SessionCacheConfig()
     tickets: TicketsConfig = TicketsConfig()

@@ -180,7 +180,11 @@ def _build_listener(
     )
     if lc.tls is not None:
         contexts = build_listener_contexts(
-            lc.tls, base_dir=base_dir, source=source, path=f"listeners[{index}].tls"
+            lc.tls,
+            base_dir=base_dir,
+            source=source,
+            path=f"listeners[{index}].tls",
+            degraded=config.tls_engine == "stdlib_only",
         )
         keys, problems = read_ticket_keys(
             lc.tls, base_dir=base_dir, now=clock(), path=f"listeners[{index}].tls"

@@ -21,7 +21,7 @@ its SAN names. The default group's contexts are the entry contexts; each entry c
 
 The SNI trap: switching ``ssl_object.context`` only swaps the certificate (and the ALPN
 callback, which OpenSSL reads from the current ``SSL_CTX``). Options, ``num_tickets``, the
-protocol versions, the ticket-key callback and the session cache stay
+protocol versions, the key-exchange groups, the ticket-key callback and the session cache stay
 with the *entry* context the connection started on. So every per-group context is configured
 exactly like its entry context (one function, :func:`_configure`, does both) so that nothing
 depends on which of the two OpenSSL happens to consult, and anything session-related (ticket
@@ -30,7 +30,8 @@ per-listener closure.
 
 Certificate checks (files readable, PEM, key matches certificate, not expired) are done with
 the ``cryptography`` package first so that each problem names its file and dotted config path;
-then the pair is loaded with ``ssl`` and any ``ssl.SSLError`` becomes a problem as well.
+then the pair is loaded with ``ssl`` and any ``ssl.SSLError`` becomes a problem as well. The
+group names of ``tls.curves`` are checked against the running OpenSSL the same way.
 """
 
 from __future__ import annotations
@@ -48,8 +49,9 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed448, ed25519, rsa
 from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes, PublicKeyTypes
 
-from gateproxy.core.config import TLSConfig
-from gateproxy.errors import ConfigError, ConfigProblem
+from gateproxy.core.config import DEFAULT_CURVES, TLSConfig
+from gateproxy.errors import ConfigError, ConfigProblem, TLSEngineError
+from gateproxy.tls import libssl as L
 from gateproxy.tls.sni import SniTable
 
 _VERSIONS = {"1.2": ssl.TLSVersion.TLSv1_2, "1.3": ssl.TLSVersion.TLSv1_3}
@@ -117,8 +119,9 @@ def check_certificates(
     return _inspect(tls, base_dir=base_dir, path=path, now=now)[1]
 
 
-def check_tls_settings(tls: TLSConfig, *, path: str) -> list[ConfigProblem]:
-    """Check the settings that OpenSSL itself must accept: version order and the cipher list."""
+def check_tls_settings(tls: TLSConfig, *, path: str, degraded: bool = False) -> list[ConfigProblem]:
+    """Check the settings that OpenSSL itself must accept: version order, the cipher list and
+    the key-exchange groups (``degraded``: ``tls_engine: stdlib_only``, which can set one)."""
     problems: list[ConfigProblem] = []
     if _VERSIONS[tls.min_version] > _VERSIONS[tls.max_version]:
         problems.append(
@@ -136,7 +139,39 @@ def check_tls_settings(tls: TLSConfig, *, path: str) -> list[ConfigProblem]:
                 f"OpenSSL accepts no TLS 1.2 cipher from {tls.ciphers!r} ({_ssl_reason(exc)})",
             )
         )
+    message = _curves_problem(tls.curves, degraded=degraded)
+    if message:
+        problems.append(ConfigProblem(f"{path}.curves", message))
     return problems
+
+
+def _curves_problem(curves: str, *, degraded: bool) -> str | None:
+    names = curves.split(":")
+    if degraded:
+        if curves == DEFAULT_CURVES:
+            return None  # documented: stdlib_only keeps OpenSSL's default groups
+        if len(names) > 1:
+            return (
+                f"tls_engine: stdlib_only can restrict the groups to one curve only, got {curves!r}"
+            )
+        try:
+            ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).set_ecdh_curve(curves)
+        except ValueError:
+            return f"unknown curve {curves!r} (Python's ssl takes OpenSSL short names)"
+        return None
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        return f"group {repeated[0]!r} is listed twice in {curves!r}"
+    lib = L.get_libssl()
+    scratch = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ptr = L.validate_ctx_pointer(lib, scratch)
+    if lib.ctx_set_groups_list(ptr, curves):
+        return None
+    unknown = ", ".join(n for n in names if not lib.ctx_set_groups_list(ptr, n))
+    return (
+        f"OpenSSL does not know the group(s) {unknown or repr(curves)} "
+        "(e.g. X25519, prime256v1, secp384r1)"
+    )
 
 
 def _inspect(
@@ -268,22 +303,28 @@ def _load_problem(where: str, cert: Path, key: Path, exc: Exception) -> ConfigPr
 
 
 def build_listener_contexts(
-    tls: TLSConfig, *, base_dir: Path, source: str = "<config>", path: str = "tls"
+    tls: TLSConfig,
+    *,
+    base_dir: Path,
+    source: str = "<config>",
+    path: str = "tls",
+    degraded: bool = False,
 ) -> ListenerContexts:
     """Build the ``main`` and ``probe`` contexts of one listener.
 
     Raises :class:`ConfigError` (with ``source`` as the file and ``path`` as the dotted prefix
     of ``tls``) listing every problem: unreadable, mismatched or expired certificates, a
-    cipher list OpenSSL rejects, versions in the wrong order.
+    cipher list or group names OpenSSL rejects, versions in the wrong order. ``degraded``
+    (``tls_engine: stdlib_only``) touches no ctypes: groups through ``set_ecdh_curve`` only.
     """
     infos, problems = _inspect(tls, base_dir=base_dir, path=path, now=None)
-    problems += check_tls_settings(tls, path=path)
+    problems += check_tls_settings(tls, path=path, degraded=degraded)
     if problems:
         raise ConfigError(source, problems)
     sni = SniTable([info.dns_names for info in infos], key_types=[i.key_type for i in infos])
     try:
-        main = _entry_context(tls, infos, sni, probe=False)
-        probe = _entry_context(tls, infos, sni, probe=True)
+        main = _entry_context(tls, infos, sni, probe=False, degraded=degraded)
+        probe = _entry_context(tls, infos, sni, probe=True, degraded=degraded)
     except (ssl.SSLError, OSError) as exc:  # a file changed between the check and the load
         info = infos[0]
         raise ConfigError(
@@ -294,11 +335,16 @@ def build_listener_contexts(
 
 
 def _entry_context(
-    tls: TLSConfig, infos: Sequence[CertificateInfo], sni: SniTable, *, probe: bool
+    tls: TLSConfig,
+    infos: Sequence[CertificateInfo],
+    sni: SniTable,
+    *,
+    probe: bool,
+    degraded: bool,
 ) -> ssl.SSLContext:
     default = default_group(infos)
     per_group = {
-        group: _configure(tls, [infos[i] for i in group], probe=probe)
+        group: _configure(tls, [infos[i] for i in group], probe=probe, degraded=degraded)
         for group in sni.groups() | {default}
     }
     entry = per_group[default]
@@ -316,28 +362,45 @@ def _entry_context(
     return entry
 
 
-def _configure(tls: TLSConfig, infos: Sequence[CertificateInfo], *, probe: bool) -> ssl.SSLContext:
+def _configure(
+    tls: TLSConfig, infos: Sequence[CertificateInfo], *, probe: bool, degraded: bool
+) -> ssl.SSLContext:
     """One server context; every context of a listener is made here, hence identical."""
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.minimum_version = _VERSIONS[tls.min_version]
     ctx.maximum_version = _VERSIONS[tls.max_version]
     ctx.set_ciphers(tls.ciphers)  # TLS 1.2 suites; TLS 1.3 keeps OpenSSL's default suites
     ctx.options |= ssl.OP_NO_COMPRESSION | ssl.OP_NO_RENEGOTIATION
-    # Client preference, as Mozilla "intermediate" advises: every suite on the list is strong,
-    # and clients know best (e.g. ChaCha20 on CPUs without AES-NI). CPython sets the flag by
-    # default, so clear it explicitly.
-    ctx.options &= ~ssl.OP_CIPHER_SERVER_PREFERENCE
+    # Mozilla "intermediate" leaves the choice to the client (prefer_server_ciphers: false):
+    # every suite on the list is strong, and clients know best (e.g. ChaCha20 on CPUs without
+    # AES-NI). CPython sets the flag by default, so clear it explicitly. It also decides whose
+    # signature algorithm order picks between an ECDSA and an RSA certificate.
+    if tls.prefer_server_ciphers:
+        ctx.options |= ssl.OP_CIPHER_SERVER_PREFERENCE
+    else:
+        ctx.options &= ~ssl.OP_CIPHER_SERVER_PREFERENCE
     # A client that closes without close_notify (http.client, many load balancers) is an
     # "unexpected EOF": without this flag OpenSSL 3 treats it as a fatal error, sends an alert
     # and removes the session from the cache, so TLS 1.2 session-id resumption would only
     # survive connections the server closed. HTTP/1.1 framing detects truncated requests.
     ctx.options |= ssl.OP_IGNORE_UNEXPECTED_EOF
     ctx.set_alpn_protocols(_ALPN)
-    # ECDH groups: OpenSSL's defaults (X25519, P-256, X448, P-521, P-384).
     tickets = tls.tickets.enabled and not probe
     ctx.num_tickets = tls.tickets.per_handshake if tickets else 0
     if not tickets:
         ctx.options |= ssl.OP_NO_TICKET
     for info in infos:  # one per key type: OpenSSL keeps each in its own slot
         ctx.load_cert_chain(info.cert_path, info.key_path)
+    if degraded:
+        if tls.curves != DEFAULT_CURVES:
+            ctx.set_ecdh_curve(tls.curves)  # check_tls_settings allowed a single curve only
+    else:
+        _set_groups(ctx, tls)
     return ctx
+
+
+def _set_groups(ctx: ssl.SSLContext, tls: TLSConfig) -> None:
+    """What the stdlib cannot set: the key-exchange groups (``SSL_CTX_set1_groups_list``)."""
+    lib = L.get_libssl()
+    if not lib.ctx_set_groups_list(L.validate_ctx_pointer(lib, ctx), tls.curves):
+        raise TLSEngineError("groups", f"SSL_CTX_set1_groups_list({tls.curves!r}) failed")

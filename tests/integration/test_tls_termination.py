@@ -243,3 +243,35 @@ async def test_openssl_s_client_gets_the_certificate_type_it_can_verify(
                     assert done.returncode == 0 and found, out
                     served[version, kind, sni] = found.group(1).replace("RSA-PSS", "RSA")
     assert served == {key: key[1] for key in served}
+
+
+@pytest.mark.parametrize(
+    ("groups", "negotiated"),
+    [
+        (None, "X25519"),
+        ("X448", None),
+        ("ffdhe2048", None),
+        ("secp521r1", None),
+        ("X448:P-256", "prime256v1"),  # a HelloRetryRequest moves the client to P-256
+        ("secp384r1", "secp384r1"),
+    ],
+)
+async def test_key_exchange_groups_are_mozilla_intermediate(
+    ca_pem_path: Path, server_cert: CertPaths, groups: str | None, negotiated: str | None
+) -> None:
+    async with RecordingUpstream() as up:
+        config = proxy_config(
+            [tls_listener(cert=server_cert.cert, key=server_cert.key)],
+            {"app": {"servers": [up.address]}},
+        )
+        async with running_proxy(config) as daemon:
+            port = daemon.addresses["public"][1]
+            extra = ["-tls1_3", "-brief", *(["-groups", groups] if groups else [])]
+            done = await openssl_s_client(_s_client_args(port, ca_pem_path, sni=True, extra=extra))
+    out = done.stderr.decode()
+    if negotiated is None:
+        assert done.returncode != 0, out
+        assert "handshake failure" in out, out
+    else:
+        assert done.returncode == 0, out
+        assert re.search(rf"(Server Temp Key|Negotiated TLS1.3 group): .*{negotiated}", out), out
