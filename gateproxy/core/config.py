@@ -122,6 +122,8 @@ MOZILLA_INTERMEDIATE_CIPHERS = ":".join(
 # default list also offers X448, P-521 and FFDHE 2048-8192.
 DEFAULT_CURVES = "X25519:prime256v1:secp384r1"
 
+_HEX = re.compile(r"^(?:[0-9a-fA-F]{2}){1,32}$")
+
 
 def _parse_curves(value: object) -> str:
     # nginx/HAProxy write "X25519:prime256v1"; a YAML list (Envoy's ecdh_curves) is accepted too.
@@ -137,7 +139,14 @@ def _parse_curves(value: object) -> str:
     return ":".join(cleaned)
 
 
+def _parse_session_id_context(value: object) -> str:
+    if value in ("nginx", "python") or (isinstance(value, str) and _HEX.match(value)):
+        return str(value).lower()
+    raise ValueError(f"expected nginx, python or 1-32 bytes as hex, got {value!r}")
+
+
 Curves = Annotated[str, BeforeValidator(_parse_curves)]
+SessionIdContext = Annotated[str, BeforeValidator(_parse_session_id_context)]
 
 
 class CertificateConfig(_Model):
@@ -172,6 +181,8 @@ class TLSConfig(_Model):
     ciphers: str = MOZILLA_INTERMEDIATE_CIPHERS
     curves: Curves = DEFAULT_CURVES
     prefer_server_ciphers: bool = False  # Mozilla intermediate: the client's order
+    # The SSL_CTX session id context every session is bound to (see tls/contexts.py).
+    session_id_context: SessionIdContext = "nginx"
     handshake_timeout: Duration = 10.0
     session_cache: SessionCacheConfig = SessionCacheConfig()
     tickets: TicketsConfig = TicketsConfig()

@@ -21,12 +21,24 @@ its SAN names. The default group's contexts are the entry contexts; each entry c
 
 The SNI trap: switching ``ssl_object.context`` only swaps the certificate (and the ALPN
 callback, which OpenSSL reads from the current ``SSL_CTX``). Options, ``num_tickets``, the
-protocol versions, the key-exchange groups, the ticket-key callback and the session cache stay
-with the *entry* context the connection started on. So every per-group context is configured
-exactly like its entry context (one function, :func:`_configure`, does both) so that nothing
-depends on which of the two OpenSSL happens to consult, and anything session-related (ticket
-keys, cache size, session callbacks) belongs on ``main`` and ``probe`` only, through a
-per-listener closure.
+protocol versions, the key-exchange groups, the ticket-key callback, the session cache and the
+session id context that resumption checks stay with the *entry* context the connection started
+on. So every per-group context is configured exactly like its entry context (one function,
+:func:`_configure`, does both) so that nothing depends on which of the two OpenSSL happens to
+consult, and anything session-related (ticket keys, cache size, session callbacks) belongs on
+``main`` and ``probe`` only, through a per-listener closure.
+
+Session id context: OpenSSL binds every session (cache entry or ticket) to the server context's
+``sid_ctx`` and resumes only sessions carrying the same bytes. CPython sets ``Python`` and its
+NUL (7 bytes); nginx's http module sets ``SHA1("HTTP" | SHA1(cert DER) for each certificate,
+last configured first)`` (``ngx_ssl_session_id_context``; client CA names too when client
+certificates are verified, which gateproxy does not do). ``tls.session_id_context: nginx`` (the
+default) computes nginx's value from each context's own certificates (as nginx does per
+``server`` block), so gateproxy beside nginx on the same certificates and ticket key file
+resumes nginx's sessions and nginx resumes gateproxy's. Measured on OpenSSL 3.0: a session is
+bound to, and resumption checked against, the *entry* context's value even when SNI switches
+(the check runs before the servername callback), so what must match nginx is the default
+group, in nginx's order.
 
 Certificate checks (files readable, PEM, key matches certificate, not expired) are done with
 the ``cryptography`` package first so that each problem names its file and dotted config path;
@@ -36,6 +48,7 @@ group names of ``tls.curves`` are checked against the running OpenSSL the same w
 
 from __future__ import annotations
 
+import hashlib
 import re
 import ssl
 from collections.abc import Sequence
@@ -45,7 +58,7 @@ from pathlib import Path
 
 from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
-from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed448, ed25519, rsa
 from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes, PublicKeyTypes
 
@@ -64,6 +77,7 @@ _KEY_TYPES: tuple[tuple[type, str], ...] = (
     (ed448.Ed448PrivateKey, "Ed448"),
     (dsa.DSAPrivateKey, "DSA"),
 )
+_NGINX_HTTP_SID_PREFIX = b"HTTP"  # ngx_http_ssl_sess_id_ctx
 
 
 @dataclass(frozen=True)
@@ -76,6 +90,7 @@ class CertificateInfo:
     not_valid_after: datetime  # UTC
     key_type: str  # "RSA", "EC", "Ed25519", ...: the SSL_CTX slot it occupies
     ip_addresses: tuple[str, ...]  # SAN IP addresses
+    sha1: bytes  # SHA-1 of the leaf's DER (nginx's X509_digest, in its session id context)
 
 
 def default_group(infos: Sequence[CertificateInfo]) -> tuple[int, ...]:
@@ -90,6 +105,15 @@ def default_group(infos: Sequence[CertificateInfo]) -> tuple[int, ...]:
         if (frozenset(info.dns_names), frozenset(info.ip_addresses)) == names:
             chosen.setdefault(info.key_type, index)
     return tuple(sorted(chosen.values()))
+
+
+def nginx_session_id_context(infos: Sequence[CertificateInfo]) -> bytes:
+    """What nginx's http module sets for a server block with these certificates, in this order
+    (``ngx_ssl_session_id_context``: its certificate list runs from the last configured)."""
+    digest = hashlib.sha1(_NGINX_HTTP_SID_PREFIX, usedforsecurity=False)
+    for info in reversed(infos):
+        digest.update(info.sha1)
+    return digest.digest()
 
 
 @dataclass(frozen=True)
@@ -220,6 +244,7 @@ def _inspect_pair(
         not_valid_after=expiry,
         key_type=_key_type(key),
         ip_addresses=_san_values(leaf, x509.IPAddress),
+        sha1=leaf.fingerprint(hashes.SHA1()),
     )
     return info, []
 
@@ -315,7 +340,8 @@ def build_listener_contexts(
     Raises :class:`ConfigError` (with ``source`` as the file and ``path`` as the dotted prefix
     of ``tls``) listing every problem: unreadable, mismatched or expired certificates, a
     cipher list or group names OpenSSL rejects, versions in the wrong order. ``degraded``
-    (``tls_engine: stdlib_only``) touches no ctypes: groups through ``set_ecdh_curve`` only.
+    (``tls_engine: stdlib_only``) touches no ctypes: groups through ``set_ecdh_curve`` only,
+    Python's session id context.
     """
     infos, problems = _inspect(tls, base_dir=base_dir, path=path, now=None)
     problems += check_tls_settings(tls, path=path, degraded=degraded)
@@ -395,12 +421,23 @@ def _configure(
         if tls.curves != DEFAULT_CURVES:
             ctx.set_ecdh_curve(tls.curves)  # check_tls_settings allowed a single curve only
     else:
-        _set_groups(ctx, tls)
+        _set_groups_and_session_id_context(ctx, tls, infos)
     return ctx
 
 
-def _set_groups(ctx: ssl.SSLContext, tls: TLSConfig) -> None:
-    """What the stdlib cannot set: the key-exchange groups (``SSL_CTX_set1_groups_list``)."""
+def _set_groups_and_session_id_context(
+    ctx: ssl.SSLContext, tls: TLSConfig, infos: Sequence[CertificateInfo]
+) -> None:
+    """What the stdlib cannot set: the key-exchange groups and the session id context."""
     lib = L.get_libssl()
-    if not lib.ctx_set_groups_list(L.validate_ctx_pointer(lib, ctx), tls.curves):
+    ptr = L.validate_ctx_pointer(lib, ctx)
+    if not lib.ctx_set_groups_list(ptr, tls.curves):
         raise TLSEngineError("groups", f"SSL_CTX_set1_groups_list({tls.curves!r}) failed")
+    if tls.session_id_context == "python":
+        return  # CPython's "Python" (and NUL), set when the context was made
+    if tls.session_id_context == "nginx":
+        sid_ctx = nginx_session_id_context(infos)
+    else:
+        sid_ctx = bytes.fromhex(tls.session_id_context)
+    if not lib.ctx_set_session_id_context(ptr, sid_ctx):
+        raise TLSEngineError("session_id_context", "SSL_CTX_set_session_id_context failed")

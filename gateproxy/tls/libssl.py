@@ -142,6 +142,7 @@ SYMBOLS: dict[str, tuple[str, str, Any, list[Any]]] = {
         [_P, TICKET_KEY_EVP_CB],
     ),
     "ctx_remove_session": ("ssl", "SSL_CTX_remove_session", c_int, [_P, _P]),
+    "ctx_set_sid_ctx": ("ssl", "SSL_CTX_set_session_id_context", c_int, [_P, c_char_p, c_uint]),
     "get_ssl_ctx": ("ssl", "SSL_get_SSL_CTX", _P, [_P]),
     "get_session": ("ssl", "SSL_get_session", _P, [_P]),
     "new_session_ticket": ("ssl", "SSL_new_session_ticket", c_int, [_P]),
@@ -300,6 +301,10 @@ class LibSSL:
         if not ok:
             self._fn["err_clear"]()
         return ok
+
+    def ctx_set_session_id_context(self, ctx: int, sid_ctx: bytes) -> bool:
+        """``SSL_CTX_set_session_id_context`` (at most 32 bytes, ``SSL_MAX_SID_CTX_LENGTH``)."""
+        return bool(self._fn["ctx_set_sid_ctx"](ctx, sid_ctx, len(sid_ctx)))
 
     # --- SSL ------------------------------------------------------------------------------------
 

@@ -1,11 +1,13 @@
 """gateproxy.tls.contexts: the settings the stdlib cannot make, through the ctypes layer.
 
-Key-exchange groups (``tls.curves``), server cipher preference (``tls.prefer_server_ciphers``),
-on real in-memory handshakes.
+Key-exchange groups (``tls.curves``), server cipher preference (``tls.prefer_server_ciphers``)
+and the session id context (``tls.session_id_context``), on real in-memory handshakes.
 """
 
 from __future__ import annotations
 
+import hashlib
+import os
 import ssl
 from pathlib import Path
 
@@ -13,10 +15,13 @@ import pytest
 import trustme
 
 from gateproxy.core.config import TLSConfig
+from gateproxy.core.ticket_keys import KeyRing, new_ticket_key
 from gateproxy.errors import ConfigProblem
 from gateproxy.tls import libssl as L
 from gateproxy.tls.contexts import ListenerContexts, build_listener_contexts, check_tls_settings
-from tests.tls.test_contexts import TLS12, TLS13, Pair, client_context, make_tls
+from tests.tls.test_contexts import TLS12, TLS13, Pair, client_context, der_of, make_tls
+from tests.tls.tlsutil import Server, handshake, server_on, session_id_context
+from tests.tls.tlsutil import client_context as tls_client
 
 WHERE = "listeners[0].tls"
 
@@ -166,3 +171,69 @@ def test_prefer_server_ciphers(
             cipher = Pair(entry, client, name).handshake().client.cipher()
             assert cipher is not None
             assert expected in cipher[0]
+
+
+# --- tls.session_id_context ---------------------------------------------------------------------
+
+
+def nginx_value(*leaves: trustme.LeafCert) -> bytes:
+    """nginx's ngx_ssl_session_id_context for a server block listing ``leaves`` in order:
+    SHA-1 over "HTTP" and the SHA-1 of each certificate's DER, the last configured first."""
+    digest = hashlib.sha1(b"HTTP")
+    for leaf in reversed(leaves):
+        digest.update(hashlib.sha1(der_of(leaf)).digest())
+    return digest.digest()
+
+
+def server_session(entry: ssl.SSLContext, client: ssl.SSLContext, name: str) -> ssl.SSLSession:
+    pair = Pair(entry, client, name).handshake()
+    pair.client_reads()
+    session = pair.server.session
+    assert session is not None
+    return session
+
+
+@pytest.mark.parametrize("version", [TLS12, TLS13])
+def test_sessions_carry_nginx_session_id_context_by_default(
+    tmp_path: Path, ca: trustme.CA, leaves: list[trustme.LeafCert], version: ssl.TLSVersion
+) -> None:
+    other = ca.issue_cert("default.test", key_type=trustme.KeyType.RSA)
+    contexts = build(tmp_path, [leaves[0], other, leaves[1]])  # default: EC + RSA default.test
+    client = client_context(ca, minimum=version, maximum=version)
+    expected = nginx_value(leaves[0], other)
+    for name in ("default.test", "b.example.com"):
+        # after the SNI switch too: OpenSSL binds the session to the entry context's value
+        assert session_id_context(server_session(contexts.main, client, name)) == expected
+
+
+@pytest.mark.parametrize(
+    ("setting", "expected"),
+    [("python", b"Python\x00"), ("00ff10", b"\x00\xff\x10"), ("AB" * 32, b"\xab" * 32)],
+)
+def test_session_id_context_python_or_fixed(
+    tmp_path: Path, ca: trustme.CA, leaves: list[trustme.LeafCert], setting: str, expected: bytes
+) -> None:
+    contexts = build(tmp_path, leaves, session_id_context=setting)
+    session = server_session(contexts.main, client_context(ca, maximum=TLS12), "default.test")
+    assert session_id_context(session) == expected
+
+
+@pytest.mark.parametrize("version", ["1.2", "1.3"])
+def test_tickets_resume_only_under_the_same_session_id_context(
+    tmp_path: Path, ca: trustme.CA, leaves: list[trustme.LeafCert], version: str
+) -> None:
+    """Three listeners share one ticket key ring: a ticket resumes where the session id context
+    matches (nginx's value, from the same certificates) and not under Python's."""
+    keyring = KeyRing.from_keys([new_ticket_key(random_bytes=os.urandom, now=0.0)])
+
+    def server(setting: str) -> Server:
+        tls = make_tls(tmp_path, leaves, session_id_context=setting)
+        contexts = build_listener_contexts(tls, base_dir=tmp_path)
+        return server_on(contexts.main, contexts.probe, tls, keyring=keyring)
+
+    first, same, python = server("nginx"), server("nginx"), server("python")
+    client = tls_client(ca, version=version)
+    client.check_hostname = False
+    made = handshake(first, client)
+    assert handshake(same, client, session=made.session).reused
+    assert not handshake(python, client, session=made.session).reused
