@@ -37,7 +37,7 @@ def certificate_problems(checked: CheckedConfig, *, base_dir: Path) -> list[Conf
 
     problems: list[ConfigProblem] = []
     for where, tls in checked.tls_sections():
-        problems += check_tls_settings(tls, path=where)
+        problems += check_tls_settings(tls, path=where, degraded=checked.degraded_tls)
         problems += check_certificates(tls, base_dir=base_dir, path=where)
         problems += read_ticket_keys(tls, base_dir=base_dir, now=0.0, path=where)[1]
     return problems

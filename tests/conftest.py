@@ -68,6 +68,13 @@ def second_cert(ca: trustme.CA, tmp_path: Path) -> CertPaths:
     return _write_leaf(tmp_path / "second", ca.issue_cert("example.test"))
 
 
+@pytest.fixture
+def rsa_server_cert(ca: trustme.CA, tmp_path: Path) -> CertPaths:
+    """An RSA-2048 leaf for the same names as ``server_cert`` (key-type choice tests)."""
+    leaf = ca.issue_cert("localhost", "127.0.0.1", "::1", key_type=trustme.KeyType.RSA)
+    return _write_leaf(tmp_path / "server-rsa", leaf)
+
+
 @pytest.fixture(autouse=True)
 def _collect_garbage_after_each_test() -> Iterator[None]:
     """Leaked sockets warn in the test that leaked them, not in a later one."""

@@ -65,6 +65,41 @@ admin: null
     assert any(line.startswith(f"{config}: listeners[0].tls.certificates[1].cert") for line in err)
 
 
+@pytest.mark.parametrize(
+    ("engine", "curves", "message"),
+    [
+        ("full", "X25519:P-256:nope", "OpenSSL does not know the group(s) nope"),
+        ("stdlib_only", "X25519:P-256", "tls_engine: stdlib_only can restrict the groups to one"),
+    ],
+)
+def test_check_refuses_unknown_curves_at_their_key_path(
+    tmp_path: Path,
+    server_cert: CertPaths,
+    capsys: pytest.CaptureFixture[str],
+    engine: str,
+    curves: str,
+    message: str,
+) -> None:
+    config = _write(
+        tmp_path / "curves.yaml",
+        f"""
+tls_engine: {engine}
+listeners:
+  - name: public
+    bind: "127.0.0.1:8443"
+    tls:
+      certificates: [{{cert: {server_cert.cert}, key: {server_cert.key}}}]
+      curves: "{curves}"
+    routes: [{{path_prefix: /, upstream: app}}]
+upstreams:
+  app: {{servers: ["127.0.0.1:8080"]}}
+""",
+    )
+    assert main(["check", "-c", str(config)]) == 1
+    [line] = capsys.readouterr().err.splitlines()
+    assert line.startswith(f"{config}: listeners[0].tls.curves: {message}"), line
+
+
 def test_check_reports_schema_errors_all_at_once(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

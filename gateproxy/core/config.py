@@ -125,6 +125,37 @@ MOZILLA_INTERMEDIATE_CIPHERS = ":".join(
 )
 
 
+# Mozilla "intermediate" key-exchange groups, in nginx's ``ssl_ecdh_curve`` syntax. OpenSSL's own
+# default list also offers X448, P-521 and FFDHE 2048-8192.
+DEFAULT_CURVES = "X25519:prime256v1:secp384r1"
+
+_HEX = re.compile(r"^(?:[0-9a-fA-F]{2}){1,32}$")
+
+
+def _parse_curves(value: object) -> str:
+    # nginx/HAProxy write "X25519:prime256v1"; a YAML list (Envoy's ecdh_curves) is accepted too.
+    # Whether OpenSSL knows each name is checked by `gateproxy check` (tls/contexts.py).
+    names = value.split(":") if isinstance(value, str) else value
+    if not isinstance(names, tuple | list) or not all(isinstance(n, str) for n in names):
+        raise ValueError(f"expected group names such as 'X25519:prime256v1', got {value!r}")
+    cleaned = [n.strip() for n in names]
+    if not cleaned or any(not n or " " in n for n in cleaned):
+        raise ValueError(
+            f"expected colon-separated group names such as 'X25519:prime256v1', got {value!r}"
+        )
+    return ":".join(cleaned)
+
+
+def _parse_session_id_context(value: object) -> str:
+    if value in ("nginx", "python") or (isinstance(value, str) and _HEX.match(value)):
+        return str(value).lower()
+    raise ValueError(f"expected nginx, python or 1-32 bytes as hex, got {value!r}")
+
+
+Curves = Annotated[str, BeforeValidator(_parse_curves)]
+SessionIdContext = Annotated[str, BeforeValidator(_parse_session_id_context)]
+
+
 class CertificateConfig(_Model):
     cert: str
     key: str
@@ -155,6 +186,10 @@ class TLSConfig(_Model):
     min_version: TLSVersion = "1.2"
     max_version: TLSVersion = "1.3"
     ciphers: str = MOZILLA_INTERMEDIATE_CIPHERS
+    curves: Curves = DEFAULT_CURVES
+    prefer_server_ciphers: bool = False  # Mozilla intermediate: the client's order
+    # The SSL_CTX session id context every session is bound to (see tls/contexts.py).
+    session_id_context: SessionIdContext = "nginx"
     handshake_timeout: Duration = 10.0
     session_cache: SessionCacheConfig = SessionCacheConfig()
     tickets: TicketsConfig = TicketsConfig()
@@ -350,6 +385,7 @@ class CheckedConfig:
     listeners: tuple[ListenerParts, ...] = ()
     upstreams: frozenset[str] | None = None  # None: the upstreams mapping itself is unusable
     admin_bind: str | None = None
+    degraded_tls: bool = False  # tls_engine: stdlib_only
 
     def tls_sections(self) -> Iterator[tuple[str, TLSConfig]]:
         """``("listeners[i].tls", tls)`` for every listener whose ``tls`` validated."""
@@ -405,6 +441,7 @@ def check_config_data(raw: object) -> CheckedConfig:
             listeners=tuple(ListenerParts.of(i, lc) for i, lc in enumerate(config.listeners)),
             upstreams=frozenset(config.upstreams),
             admin_bind=config.admin.bind if config.admin is not None else None,
+            degraded_tls=config.tls_engine == "stdlib_only",
         )
     return checked.with_problems(_cross_check(checked))
 
@@ -453,6 +490,7 @@ def _salvage(raw: dict[Any, Any], problems: list[ConfigProblem]) -> CheckedConfi
         if isinstance(upstreams, dict)
         else None,
         admin_bind=admin_config.bind if admin_config is not None else None,
+        degraded_tls=raw.get("tls_engine") == "stdlib_only",
     )
 
 

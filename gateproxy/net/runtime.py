@@ -211,7 +211,11 @@ def _build_listener(
     )
     if lc.tls is not None:
         contexts = build_listener_contexts(
-            lc.tls, base_dir=base_dir, source=source, path=f"listeners[{index}].tls"
+            lc.tls,
+            base_dir=base_dir,
+            source=source,
+            path=f"listeners[{index}].tls",
+            degraded=config.tls_engine == "stdlib_only",
         )
         keys = list(handed_keys or ()) or _own_ticket_keys(
             lc.tls, base_dir=base_dir, now=clock(), path=f"listeners[{index}].tls", source=source

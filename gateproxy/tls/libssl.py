@@ -61,6 +61,7 @@ SSL_CTRL_SET_SESS_CACHE_SIZE = 42
 SSL_CTRL_GET_SESS_CACHE_SIZE = 43
 SSL_CTRL_SET_SESS_CACHE_MODE = 44
 SSL_CTRL_GET_SESS_CACHE_MODE = 45
+SSL_CTRL_SET_GROUPS_LIST = 92  # SSL_CTX_set1_groups_list(ctx, "X25519:P-256") is this ctrl
 
 SESS_CACHE_OFF = 0x0
 SESS_CACHE_SERVER = 0x2
@@ -141,6 +142,7 @@ SYMBOLS: dict[str, tuple[str, str, Any, list[Any]]] = {
         [_P, TICKET_KEY_EVP_CB],
     ),
     "ctx_remove_session": ("ssl", "SSL_CTX_remove_session", c_int, [_P, _P]),
+    "ctx_set_sid_ctx": ("ssl", "SSL_CTX_set_session_id_context", c_int, [_P, c_char_p, c_uint]),
     "get_ssl_ctx": ("ssl", "SSL_get_SSL_CTX", _P, [_P]),
     "get_session": ("ssl", "SSL_get_session", _P, [_P]),
     "new_session_ticket": ("ssl", "SSL_new_session_ticket", c_int, [_P]),
@@ -291,6 +293,18 @@ class LibSSL:
 
     def ctx_remove_session(self, ctx: int, session: int) -> bool:
         return bool(self._fn["ctx_remove_session"](ctx, session))
+
+    def ctx_set_groups_list(self, ctx: int, groups: str) -> bool:
+        """``SSL_CTX_set1_groups_list``: False when OpenSSL rejects the list (unknown or
+        repeated name); the error queue is cleared so that Python's ``ssl`` does not read it."""
+        ok = int(self._fn["ctx_ctrl"](ctx, SSL_CTRL_SET_GROUPS_LIST, 0, groups.encode())) == 1
+        if not ok:
+            self._fn["err_clear"]()
+        return ok
+
+    def ctx_set_session_id_context(self, ctx: int, sid_ctx: bytes) -> bool:
+        """``SSL_CTX_set_session_id_context`` (at most 32 bytes, ``SSL_MAX_SID_CTX_LENGTH``)."""
+        return bool(self._fn["ctx_set_sid_ctx"](ctx, sid_ctx, len(sid_ctx)))
 
     # --- SSL ------------------------------------------------------------------------------------
 

@@ -103,6 +103,17 @@ def test_good_config_loads_frozen() -> None:
         ),
         ("workers", 0, "workers"),
         ("bogus_top", 1, "bogus_top: unknown key"),
+        ("listeners.0.tls.curves", "X25519::P-256", "listeners[0].tls.curves: expected colon"),
+        ("listeners.0.tls.curves", [], "listeners[0].tls.curves: expected colon"),
+        ("listeners.0.tls.curves", 25519, "listeners[0].tls.curves: expected group names"),
+        ("listeners.0.tls.prefer_server_ciphers", "on", "listeners[0].tls.prefer_server_ciphers"),
+        (
+            "listeners.0.tls.session_id_context",
+            "HTTP",
+            "listeners[0].tls.session_id_context: expected nginx, python or 1-32 bytes as hex",
+        ),
+        ("listeners.0.tls.session_id_context", "ab" * 33, "listeners[0].tls.session_id_context"),
+        ("listeners.0.tls.session_id_context", "abc", "listeners[0].tls.session_id_context"),
     ],
 )
 def test_each_problem_names_file_and_key_path(path: str, value: object, expected: str) -> None:
@@ -299,3 +310,28 @@ access_log: {path: off}
     assert config.listeners[0].tls is not None
     assert config.listeners[0].tls.session_cache.mode == "off"
     assert config.access_log.path == "off"
+
+
+@pytest.mark.parametrize(
+    ("value", "curves"),
+    [
+        ("X25519:prime256v1:secp384r1", "X25519:prime256v1:secp384r1"),
+        (" X25519 : P-256 ", "X25519:P-256"),
+        (["X25519", "P-256"], "X25519:P-256"),  # a YAML list, as Envoy writes it
+        ("secp384r1", "secp384r1"),
+    ],
+)
+def test_curves_in_nginx_syntax_or_as_a_list(value: object, curves: str) -> None:
+    tls = load_config_data(_with("listeners.0.tls.curves", value)).listeners[0].tls
+    assert tls is not None and tls.curves == curves
+
+
+def test_tls_defaults() -> None:
+    tls = load_config_data(GOOD).listeners[0].tls
+    assert tls is not None
+    assert tls.curves == "X25519:prime256v1:secp384r1"  # Mozilla intermediate
+    assert tls.prefer_server_ciphers is False
+    assert tls.session_id_context == "nginx"
+    data = _with("listeners.0.tls.session_id_context", "00FF")
+    tls = load_config_data(data).listeners[0].tls
+    assert tls is not None and tls.session_id_context == "00ff"

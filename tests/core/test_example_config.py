@@ -13,6 +13,7 @@ from gateproxy.core.config import (
     SessionCacheConfig,
     SessionGuardConfig,
     TicketsConfig,
+    TLSConfig,
     UpstreamConfig,
     load_config_text,
 )
@@ -31,6 +32,7 @@ def test_example_parses_and_matches_defaults() -> None:
     assert listener.tls is not None
     assert listener.tls.session_cache == SessionCacheConfig()
     assert listener.tls.tickets == TicketsConfig()
+    assert listener.tls == TLSConfig(certificates=listener.tls.certificates)
     assert listener.limits == LimitsConfig()
     assert config.session_guard == SessionGuardConfig()
     assert config.access_log == AccessLogConfig()
@@ -55,6 +57,7 @@ def test_example_parses_and_matches_defaults() -> None:
 def test_example_lists_every_limit_key() -> None:
     raw = yaml.safe_load((CONFIG_DIR / "gateproxy.example.yaml").read_text())
     assert set(raw["listeners"][0]["limits"]) == set(LimitsConfig.model_fields)
+    assert set(raw["listeners"][0]["tls"]) == set(TLSConfig.model_fields)
     assert set(raw["listeners"][0]["tls"]["session_cache"]) == set(SessionCacheConfig.model_fields)
     assert set(raw["listeners"][0]["tls"]["tickets"]) == set(TicketsConfig.model_fields)
     assert set(raw["upstreams"]["app"]) == set(UpstreamConfig.model_fields)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import re
 import ssl
+from pathlib import Path
 
 import pytest
 import trio
@@ -243,3 +245,73 @@ async def test_a_protocol_error_after_the_handshake_gets_the_fatal_alert(
                 outcome = await client.receive_until_close()
     assert outcome.startswith("alert:") and alert in outcome
     assert len(up.requests) == (1 if when == "after-a-response" else 0)  # the upload: aborted
+
+
+def _s_client_args(port: int, ca_pem: Path, *, sni: bool, extra: list[str]) -> list[str]:
+    name = ["-servername", "localhost"] if sni else ["-noservername"]
+    return ["-connect", f"127.0.0.1:{port}", *name, "-CAfile", str(ca_pem), *extra]
+
+
+@pytest.mark.parametrize("order", ["ecdsa first", "rsa first"])
+async def test_openssl_s_client_gets_the_certificate_type_it_can_verify(
+    ca_pem_path: Path, server_cert: CertPaths, rsa_server_cert: CertPaths, order: str
+) -> None:
+    pairs = [server_cert, rsa_server_cert]
+    if order == "rsa first":
+        pairs.reverse()
+    offers = {
+        ("1.3", "ECDSA"): ["-tls1_3", "-sigalgs", "ECDSA+SHA256"],
+        ("1.3", "RSA"): ["-tls1_3", "-sigalgs", "RSA-PSS+SHA256"],
+        ("1.2", "ECDSA"): ["-tls1_2", "-cipher", "ECDHE-ECDSA-AES128-GCM-SHA256"],
+        ("1.2", "RSA"): ["-tls1_2", "-cipher", "ECDHE-RSA-AES128-GCM-SHA256"],
+    }
+    async with RecordingUpstream() as up:
+        listener = tls_listener(cert=pairs[0].cert, key=pairs[0].key)
+        listener["tls"]["certificates"].append(
+            {"cert": str(pairs[1].cert), "key": str(pairs[1].key)}
+        )
+        config = proxy_config([listener], {"app": {"servers": [up.address]}})
+        async with running_proxy(config) as daemon:
+            port = daemon.addresses["public"][1]
+            served = {}
+            for (version, kind), extra in offers.items():
+                for sni in (True, False):
+                    args = _s_client_args(port, ca_pem_path, sni=sni, extra=[*extra, "-brief"])
+                    done = await openssl_s_client(args)
+                    out = done.stderr.decode()
+                    found = re.search(r"^Signature type: (\S+)$", out, re.MULTILINE)
+                    assert done.returncode == 0 and found, out
+                    served[version, kind, sni] = found.group(1).replace("RSA-PSS", "RSA")
+    assert served == {key: key[1] for key in served}
+
+
+@pytest.mark.parametrize(
+    ("groups", "negotiated"),
+    [
+        (None, "X25519"),
+        ("X448", None),
+        ("ffdhe2048", None),
+        ("secp521r1", None),
+        ("X448:P-256", "prime256v1"),  # a HelloRetryRequest moves the client to P-256
+        ("secp384r1", "secp384r1"),
+    ],
+)
+async def test_key_exchange_groups_are_mozilla_intermediate(
+    ca_pem_path: Path, server_cert: CertPaths, groups: str | None, negotiated: str | None
+) -> None:
+    async with RecordingUpstream() as up:
+        config = proxy_config(
+            [tls_listener(cert=server_cert.cert, key=server_cert.key)],
+            {"app": {"servers": [up.address]}},
+        )
+        async with running_proxy(config) as daemon:
+            port = daemon.addresses["public"][1]
+            extra = ["-tls1_3", "-brief", *(["-groups", groups] if groups else [])]
+            done = await openssl_s_client(_s_client_args(port, ca_pem_path, sni=True, extra=extra))
+    out = done.stderr.decode()
+    if negotiated is None:
+        assert done.returncode != 0, out
+        assert "handshake failure" in out, out
+    else:
+        assert done.returncode == 0, out
+        assert re.search(rf"(Server Temp Key|Negotiated TLS1.3 group): .*{negotiated}", out), out

@@ -21,10 +21,11 @@ from gateproxy.core.config import CertificateConfig, TicketsConfig, TLSConfig
 from gateproxy.errors import ConfigError
 from gateproxy.tls.contexts import (
     ListenerContexts,
-    SniTable,
     build_listener_contexts,
     check_certificates,
+    default_group,
 )
+from tests.tls.tlsutil import restrict_sigalgs
 
 TLS12 = ssl.TLSVersion.TLSv1_2
 TLS13 = ssl.TLSVersion.TLSv1_3
@@ -193,44 +194,6 @@ def test_configured_ciphers_are_used(
 @pytest.mark.parametrize(
     ("server_name", "index"),
     [
-        ("default.test", 0),
-        ("b.example.com", 1),
-        ("B.Example.COM", 1),
-        ("b.example.com.", 1),
-        ("x.wild.example.com", 1),
-        ("exact.wild.example.com", 2),  # exact beats an earlier certificate's wildcard
-        ("EXACT.wild.example.com", 2),
-        ("wild.example.com", 0),  # a wildcard needs exactly one label
-        ("a.b.wild.example.com", 0),
-        (".wild.example.com", 0),
-        ("unknown.test", 0),
-        ("", 0),
-        (None, 0),
-    ],
-)
-def test_sni_table(server_name: str | None, index: int) -> None:
-    table = SniTable(
-        [["default.test"], ["b.example.com", "*.wild.example.com"], ["exact.wild.example.com"]]
-    )
-    assert table.lookup(server_name) == index
-
-
-@pytest.mark.parametrize(
-    ("names", "server_name", "index"),
-    [
-        ([["a.test"], ["*.com"]], "example.com", 0),  # no wildcard over a single label
-        ([["a.test"], ["w*.example.com"]], "www.example.com", 0),  # partial labels never match
-        ([["a.test"], ["x.test"], ["x.test"]], "x.test", 1),  # first configured wins
-        ([["a.test"], ["*.Example.ORG"]], "mail.example.org", 1),
-    ],
-)
-def test_sni_table_rules(names: list[list[str]], server_name: str, index: int) -> None:
-    assert SniTable(names).lookup(server_name) == index
-
-
-@pytest.mark.parametrize(
-    ("server_name", "index"),
-    [
         ("b.example.com", 1),
         ("x.wild.example.com", 1),
         ("exact.wild.example.com", 2),
@@ -257,6 +220,86 @@ def test_sni_selects_the_certificate(
         pair = Pair(entry, client, server_name).handshake()
         assert pair.peer_der() == der_of(leaves[index])
         assert pair.client.selected_alpn_protocol() == "http/1.1"
+
+
+# --- several key types for one name ---------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def dual(ca: trustme.CA) -> dict[str, trustme.LeafCert]:
+    """An ECDSA and an RSA certificate for the same names, and an ECDSA one for another name."""
+    names = ("dual.test", "*.dual.test")
+    return {
+        "ec": ca.issue_cert(*names),
+        "rsa": ca.issue_cert(*names, key_type=trustme.KeyType.RSA),
+        "other": ca.issue_cert("other.test"),
+    }
+
+
+def offering_only(ca: trustme.CA, key_type: str, version: ssl.TLSVersion) -> ssl.SSLContext:
+    """A client that can verify only ``key_type`` signatures: TLS 1.3 by its
+    signature_algorithms, TLS 1.2 by its cipher suites."""
+    client = client_context(ca, minimum=version, maximum=version, check_hostname=False)
+    if version == TLS12:
+        client.set_ciphers(f"ECDHE-{'ECDSA' if key_type == 'ec' else 'RSA'}-AES128-GCM-SHA256")
+    else:
+        restrict_sigalgs(client, "ECDSA+SHA256" if key_type == "ec" else "RSA-PSS+SHA256")
+    return client
+
+
+@pytest.mark.parametrize("order", [("ec", "rsa"), ("rsa", "ec")])
+@pytest.mark.parametrize(
+    ("placement", "server_names"),
+    [
+        ("first", [None, "unknown.test", "dual.test"]),  # the default certificates
+        ("after another", ["dual.test", "x.dual.test"]),  # chosen by SNI first
+    ],
+)
+def test_certificate_follows_the_key_type_the_client_can_verify(
+    tmp_path: Path,
+    ca: trustme.CA,
+    dual: dict[str, trustme.LeafCert],
+    order: tuple[str, str],
+    placement: str,
+    server_names: list[str | None],
+) -> None:
+    chosen = [dual[kind] for kind in order]
+    listed = [*chosen, dual["other"]] if placement == "first" else [dual["other"], *chosen]
+    contexts = build(tmp_path, listed)
+    clients = {(v, k): offering_only(ca, k, v) for v in (TLS12, TLS13) for k in ("ec", "rsa")}
+    served = {}
+    for entry_name, entry in (("main", contexts.main), ("probe", contexts.probe)):
+        for name in server_names:
+            for version in (TLS12, TLS13):
+                for wanted in ("ec", "rsa"):
+                    pair = Pair(entry, clients[version, wanted], name).handshake()
+                    got = next(k for k in ("ec", "rsa") if pair.peer_der() == der_of(dual[k]))
+                    served[entry_name, name, version.name, wanted] = got
+    assert served == {key: key[3] for key in served}
+
+
+def test_name_comes_before_key_type(
+    tmp_path: Path, ca: trustme.CA, dual: dict[str, trustme.LeafCert]
+) -> None:
+    """other.test has only an ECDSA certificate: an RSA-only client fails rather than getting
+    the RSA certificate of another name; the ECDSA client gets other.test's."""
+    contexts = build(tmp_path, [dual["ec"], dual["rsa"], dual["other"]])
+    for version in (TLS12, TLS13):
+        with pytest.raises(ssl.SSLError):
+            Pair(contexts.main, offering_only(ca, "rsa", version), "other.test").handshake()
+        pair = Pair(contexts.main, offering_only(ca, "ec", version), "other.test").handshake()
+        assert pair.peer_der() == der_of(dual["other"])
+
+
+def test_default_takes_other_key_types_only_for_the_same_names(
+    tmp_path: Path, ca: trustme.CA, dual: dict[str, trustme.LeafCert]
+) -> None:
+    contexts = build(tmp_path, [dual["other"], dual["rsa"], dual["ec"]])
+    assert [c.key_type for c in contexts.certificates] == ["EC", "RSA", "EC"]
+    assert default_group(contexts.certificates) == (0,)  # dual.test != other.test
+    assert contexts.sni.choose("a.dual.test") == (1, 2)
+    with pytest.raises(ssl.SSLError):  # no SNI: other.test's ECDSA certificate or nothing
+        Pair(contexts.main, offering_only(ca, "rsa", TLS13), None).handshake()
 
 
 # --- tickets and the probe context --------------------------------------------------------------

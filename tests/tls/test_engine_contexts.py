@@ -11,9 +11,8 @@ import trustme
 
 from gateproxy.core.config import CertificateConfig
 from gateproxy.tls.contexts import build_listener_contexts
-from gateproxy.tls.engine import ListenerTLSEngine
 from tests.conftest import CertPaths
-from tests.tls.tlsutil import FakeClock, Server, handshake, tls_config
+from tests.tls.tlsutil import Server, handshake, server_on, tls_config
 
 
 def _server(
@@ -28,16 +27,7 @@ def _server(
         }
     )
     contexts = build_listener_contexts(tls, base_dir=Path("/"))
-    clock = FakeClock()
-    engine = ListenerTLSEngine(
-        main=contexts.main,
-        probe=contexts.probe,
-        tls=tls,
-        keyring=None,
-        defer_tickets=defer,
-        clock=clock,
-    )
-    return Server(contexts.main, contexts.probe, engine, clock)
+    return server_on(contexts.main, contexts.probe, tls, defer_tickets=defer)
 
 
 def _client(ca: trustme.CA, version: str) -> ssl.SSLContext:

@@ -87,12 +87,33 @@ def make_server(
     clock: FakeClock | None = None,
     **config: Any,
 ) -> Server:
+    return server_on(
+        server_context(ca),
+        server_context(ca),
+        tls_config(**config),
+        keyring=keyring,
+        defer_tickets=defer_tickets,
+        degraded=degraded,
+        clock=clock,
+    )
+
+
+def server_on(
+    main: ssl.SSLContext,
+    probe: ssl.SSLContext,
+    tls: TLSConfig,
+    *,
+    keyring: KeyRing | None = None,
+    defer_tickets: bool = False,
+    degraded: bool = False,
+    clock: FakeClock | None = None,
+) -> Server:
+    """An engine over ``main`` and ``probe`` (e.g. the contexts contexts.py built)."""
     clock = clock or FakeClock()
-    main, probe = server_context(ca), server_context(ca)
     engine = ListenerTLSEngine(
         main=main,
         probe=probe,
-        tls=tls_config(**config),
+        tls=tls,
         keyring=keyring,
         defer_tickets=defer_tickets,
         clock=clock,
@@ -274,3 +295,24 @@ def ticket_key_name(session: ssl.SSLSession) -> bytes:
     fn(L.session_pointer(session), ctypes.byref(ptr), ctypes.byref(length))
     assert ptr.value and length.value >= 16 + 16 + 32, "no ticket in the session"
     return ctypes.string_at(ptr.value, 16)
+
+
+def restrict_sigalgs(ctx: ssl.SSLContext, sigalgs: str) -> None:
+    """``SSL_CTX_set1_sigalgs_list`` on a test client: the stdlib has no setter for what a TLS 1.3
+    client offers (``"ECDSA+SHA256"``, ``"RSA-PSS+SHA256"``), and it picks the server's
+    certificate."""
+    set_sigalgs_list = 98  # SSL_CTRL_SET_SIGALGS_LIST, ssl.h
+    lib = L.get_libssl()
+    fn = lib._fn["ctx_ctrl"]
+    assert fn(L.ctx_pointer(ctx), set_sigalgs_list, 0, sigalgs.encode()) == 1, sigalgs
+
+
+def session_id_context(session: ssl.SSLSession) -> bytes:
+    """``SSL_SESSION_get0_id_context``: the server context a session is bound to."""
+    lib = L.get_libssl()
+    fn = lib._libs["ssl"].SSL_SESSION_get0_id_context
+    fn.restype = ctypes.c_void_p
+    fn.argtypes = [ctypes.c_void_p, ctypes.POINTER(ctypes.c_uint)]
+    length = ctypes.c_uint(0)
+    ptr = fn(L.session_pointer(session), ctypes.byref(length))
+    return ctypes.string_at(ptr, length.value) if ptr and length.value else b""
