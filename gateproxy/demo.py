@@ -1,6 +1,6 @@
 """The built-in demo upstream used by ``gateproxy demo`` and by the benchmarks.
 
-A small, real HTTP/1.1 server (plain HTTP, trio + h11). Endpoints:
+A small, real HTTP/1.1 server (plain HTTP, trio + the parser pair's server half). Endpoints:
 
     GET  /            an HTML page that shows the request headers it received (escaped)
     ANY  /echo        streams the request body straight back
@@ -8,9 +8,9 @@ A small, real HTTP/1.1 server (plain HTTP, trio + h11). Endpoints:
     GET  /health      200 "ok"
     GET  /headers     the request headers as a JSON object
 
-Theory of operation: one task per connection runs an h11 server loop. Request bodies are never
-held whole: ``/echo`` forwards every chunk as it arrives, and every other endpoint discards the
-body before answering. To keep it fast enough to sit behind benchmarks, everything h11 produces
+Theory of operation: one task per connection runs a ``core.h1_server`` loop. Request bodies are
+never held whole: ``/echo`` forwards every chunk as it arrives, and every other endpoint discards
+the body before answering. To keep it fast enough to sit behind benchmarks, everything produced
 for one step (headers, body, end of message) is joined and written with one ``send_all``.
 """
 
@@ -21,8 +21,12 @@ import html
 import json
 from collections.abc import Callable
 
-import h11
 import trio
+
+from gateproxy.core.h1_server import ServerConnection
+from gateproxy.core.http_events import NEED_DATA, Data, EndOfMessage, Event, Request
+from gateproxy.core.request_checks import REASONS
+from gateproxy.errors import HTTPProtocolError
 
 CHUNK_SIZE = 64 * 1024
 IDLE_TIMEOUT = 300.0
@@ -53,23 +57,17 @@ def listener_address(listener: trio.SocketListener) -> str:
 
 
 class _Exchange:
-    """The connection's stream and h11 state, with the two I/O primitives handlers use."""
+    """The connection's stream and HTTP state, with the two I/O primitives handlers use."""
 
     def __init__(self, stream: trio.SocketStream) -> None:
         self.stream = stream
-        self.conn = h11.Connection(h11.SERVER)
+        self.conn = ServerConnection(max_header_bytes=64 * 1024)
 
-    def encode(self, event: h11.Event) -> bytes:
-        data = self.conn.send(event)
-        assert data is not None  # only ConnectionClosed encodes to None
-        return data
-
-    async def next_event(self, pending: list[bytes] | None = None) -> h11.Event:
-        """The next h11 event; flushes ``pending`` output before blocking on the network."""
+    async def next_event(self, pending: list[bytes] | None = None) -> Event:
+        """The next event; flushes ``pending`` output before blocking on the network."""
         while True:
             event = self.conn.next_event()
-            if event is not h11.NEED_DATA:
-                assert not isinstance(event, type)  # PAUSED: callers never read past a message
+            if event is not NEED_DATA:
                 return event
             if pending:
                 await self.stream.send_all(b"".join(pending))
@@ -80,14 +78,14 @@ class _Exchange:
     async def discard_body(self) -> None:
         """Read and drop the rest of the request body."""
         pending = self.continue_if_expected()
-        while not isinstance(await self.next_event(pending), h11.EndOfMessage):
+        while not isinstance(await self.next_event(pending), EndOfMessage):
             pass
         if pending:
             await self.stream.send_all(b"".join(pending))
 
     def continue_if_expected(self) -> list[bytes]:
-        if self.conn.they_are_waiting_for_100_continue:
-            return [self.encode(h11.InformationalResponse(status_code=100, headers=[]))]
+        if self.conn.waiting_for_100_continue:
+            return [self.conn.send_informational(100)]
         return []
 
 
@@ -97,11 +95,11 @@ async def _serve_connection(stream: trio.SocketStream) -> None:
     async with stream:
         try:
             await _request_loop(ex)
-        except h11.RemoteProtocolError as exc:
-            if ex.conn.our_state in (h11.IDLE, h11.SEND_RESPONSE):
+        except HTTPProtocolError as exc:
+            if not ex.conn.response_started:
                 body = f"bad request: {exc}\n".encode()
                 with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
-                    await _send_simple(ex, exc.error_status_hint, body, close=True)
+                    await _send_simple(ex, exc.status_hint, body, close=True)
         except (trio.BrokenResourceError, trio.ClosedResourceError, trio.TooSlowError):
             return
 
@@ -109,15 +107,15 @@ async def _serve_connection(stream: trio.SocketStream) -> None:
 async def _request_loop(ex: _Exchange) -> None:
     while True:
         event = await ex.next_event()
-        if not isinstance(event, h11.Request):
+        if not isinstance(event, Request):
             return  # ConnectionClosed between requests
         await _dispatch(ex, event)
-        if ex.conn.our_state is not h11.DONE or ex.conn.their_state is not h11.DONE:
+        if not ex.conn.reusable():
             return
         ex.conn.start_next_cycle()
 
 
-async def _dispatch(ex: _Exchange, request: h11.Request) -> None:
+async def _dispatch(ex: _Exchange, request: Request) -> None:
     target = request.target.decode("ascii", "replace").split("?", 1)[0]
     method = request.method
     if target == "/echo":
@@ -137,11 +135,11 @@ async def _dispatch(ex: _Exchange, request: h11.Request) -> None:
         await _send_simple(ex, 404, b"not found\n", head=method == b"HEAD")
 
 
-def _decoded_headers(request: h11.Request) -> list[tuple[str, str]]:
-    return [(n.decode("latin-1"), v.decode("latin-1")) for n, v in request.headers.raw_items()]
+def _decoded_headers(request: Request) -> list[tuple[str, str]]:
+    return [(n.decode("latin-1"), v.decode("latin-1")) for n, v in request.headers]
 
 
-def _index_page(ex: _Exchange, request: h11.Request) -> tuple[int, bytes, bytes]:
+def _index_page(ex: _Exchange, request: Request) -> tuple[int, bytes, bytes]:
     try:
         peer = ex.stream.socket.getpeername()
     except OSError:  # the client has already gone
@@ -162,20 +160,20 @@ def _index_page(ex: _Exchange, request: h11.Request) -> tuple[int, bytes, bytes]
     return 200, b"text/html; charset=utf-8", page.encode()
 
 
-def _headers_json(ex: _Exchange, request: h11.Request) -> tuple[int, bytes, bytes]:
+def _headers_json(ex: _Exchange, request: Request) -> tuple[int, bytes, bytes]:
     merged: dict[str, str] = {}
-    for name, value in request.headers:  # names lowercased by h11
+    for name, value in request.headers:  # names lowercased by the parser
         key = name.decode("latin-1")
         text = value.decode("latin-1")
         merged[key] = f"{merged[key]}, {text}" if key in merged else text
     return 200, b"application/json", json.dumps(merged, indent=1).encode() + b"\n"
 
 
-def _health(ex: _Exchange, request: h11.Request) -> tuple[int, bytes, bytes]:
+def _health(ex: _Exchange, request: Request) -> tuple[int, bytes, bytes]:
     return 200, b"text/plain", b"ok"
 
 
-_PAGES: dict[str, Callable[[_Exchange, h11.Request], tuple[int, bytes, bytes]]] = {
+_PAGES: dict[str, Callable[[_Exchange, Request], tuple[int, bytes, bytes]]] = {
     "/": _index_page,
     "/headers": _headers_json,
     "/health": _health,
@@ -196,10 +194,11 @@ async def _send_simple(
     headers += extra or []
     if close:
         headers.append((b"connection", b"close"))
-    out = [ex.encode(h11.Response(status_code=status, headers=headers))]
+    conn = ex.conn
+    out = [conn.send_response(status, _reason(status), headers)]
     if body and not head:
-        out.append(ex.encode(h11.Data(data=body)))
-    out.append(ex.encode(h11.EndOfMessage()))
+        out.append(conn.send_data(body))
+    out.append(conn.send_end())
     await ex.stream.send_all(b"".join(out))
 
 
@@ -209,18 +208,19 @@ async def _send_bytes(ex: _Exchange, size: int, *, head: bool) -> None:
         (b"content-type", b"application/octet-stream"),
         (b"content-length", b"%d" % size),
     ]
-    out = ex.encode(h11.Response(status_code=200, headers=headers))
+    conn = ex.conn
+    out = conn.send_response(200, b"OK", headers)
     remaining = 0 if head else size
     while remaining > CHUNK_SIZE:
-        await ex.stream.send_all(out + ex.encode(h11.Data(data=_FILLER)))
+        await ex.stream.send_all(out + conn.send_data(_FILLER))
         out = b""
         remaining -= CHUNK_SIZE
     if remaining:
-        out += ex.encode(h11.Data(data=_FILLER[:remaining]))
-    await ex.stream.send_all(out + ex.encode(h11.EndOfMessage()))
+        out += conn.send_data(_FILLER[:remaining])
+    await ex.stream.send_all(out + conn.send_end())
 
 
-async def _echo(ex: _Exchange, request: h11.Request) -> None:
+async def _echo(ex: _Exchange, request: Request) -> None:
     """Stream the request body back as it arrives, keeping the request's framing if known."""
     headers = [_SERVER, (b"content-type", b"application/octet-stream")]
     length: bytes | None = None
@@ -234,12 +234,16 @@ async def _echo(ex: _Exchange, request: h11.Request) -> None:
     if length is not None:
         headers.append((b"content-length", length))
     pending = ex.continue_if_expected()
-    pending.append(ex.encode(h11.Response(status_code=200, headers=headers)))
+    pending.append(ex.conn.send_response(200, b"OK", headers))
     while True:
         event = await ex.next_event(pending)
-        if isinstance(event, h11.Data):
-            pending.append(ex.encode(h11.Data(data=event.data)))
-        elif isinstance(event, h11.EndOfMessage):
-            pending.append(ex.encode(h11.EndOfMessage()))
+        if isinstance(event, Data):
+            pending.append(ex.conn.send_data(event.data))
+        elif isinstance(event, EndOfMessage):
+            pending.append(ex.conn.send_end())
             await ex.stream.send_all(b"".join(pending))
             return
+
+
+def _reason(status: int) -> bytes:
+    return REASONS.get(status, b"")

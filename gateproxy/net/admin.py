@@ -3,11 +3,12 @@
 Theory of operation
 -------------------
 ``serve_admin`` runs trio's accept loop (which backs off on EMFILE) with one handler task per
-connection in trio's nursery. Each handler runs an h11 server loop: wait for a request (idle
-keep-alive deadline until the first byte, then a header deadline), answer it from a fresh
-``stats()`` snapshot, and start the next cycle while both sides allow keep-alive. A handler never
-lets an exception escape: broken sockets end its connection quietly, anything else is logged, so
-one client's garbage (or a failing stats provider) cannot affect another client or the listener.
+connection in trio's nursery. Each handler runs an HTTP/1.1 server loop on the parser pair's
+server half (``core.h1_server``): wait for a request (idle keep-alive deadline until the first
+byte, then a header deadline), answer it from a fresh ``stats()`` snapshot, and start the next
+cycle while both sides allow keep-alive. A handler never lets an exception escape: broken
+sockets end its connection quietly, anything else is logged, so one client's garbage (or a
+failing stats provider) cannot affect another client or the listener.
 
 Routes: ``GET``/``HEAD`` on ``/`` (index), ``/stats`` and ``/metrics``; other paths 404, other
 methods on those paths 405 with ``Allow``. A request with a body is answered, then the connection
@@ -23,10 +24,12 @@ from dataclasses import dataclass
 from functools import partial
 from http import HTTPStatus
 
-import h11
 import trio
 
+from gateproxy.core.h1_server import ServerConnection
+from gateproxy.core.http_events import NEED_DATA, EndOfMessage, Request
 from gateproxy.core.prometheus import render_prometheus
+from gateproxy.errors import HTTPProtocolError
 from gateproxy.net.listen_slots import open_guarded
 from gateproxy.net.listener import trio_listener
 
@@ -90,43 +93,41 @@ def route(method: bytes, target: bytes, stats: StatsProvider) -> _Reply:
     return _Reply(200, content_type, body)
 
 
-async def _send(stream: trio.abc.Stream, conn: h11.Connection, event: h11.Event) -> None:
-    data = conn.send(event)
-    if data:
-        await stream.send_all(data)
-
-
 async def _send_reply(
-    stream: trio.abc.Stream, conn: h11.Connection, reply: _Reply, *, close: bool, head: bool = False
+    stream: trio.abc.Stream,
+    conn: ServerConnection,
+    reply: _Reply,
+    *,
+    close: bool,
 ) -> None:
     headers = [
-        ("Content-Type", reply.content_type),
-        ("Content-Length", str(len(reply.body))),
-        ("Cache-Control", "no-store"),
-        *reply.extra_headers,
+        (b"content-type", reply.content_type.encode()),
+        (b"content-length", b"%d" % len(reply.body)),
+        (b"cache-control", b"no-store"),
+        *((name.lower().encode(), value.encode()) for name, value in reply.extra_headers),
     ]
     if close:
-        headers.append(("Connection", "close"))
+        headers.append((b"connection", b"close"))
     reason = HTTPStatus(reply.status).phrase.encode()
-    response = h11.Response(status_code=reply.status, headers=headers, reason=reason)
-    await _send(stream, conn, response)
-    if reply.body and not head:  # a HEAD reply keeps the GET's Content-Length, without the body
-        await _send(stream, conn, h11.Data(data=reply.body))
-    await _send(stream, conn, h11.EndOfMessage())
+    data = conn.send_response(reply.status, reason, headers)
+    if reply.body and conn.request_method != b"HEAD":  # a HEAD reply keeps the GET's length
+        data += conn.send_data(reply.body)
+    await stream.send_all(data + conn.send_end())
 
 
-async def _next_request(stream: trio.abc.Stream, conn: h11.Connection) -> h11.Request | None:
+async def _next_request(stream: trio.abc.Stream, conn: ServerConnection) -> Request | None:
     """The next request's head, or None when the client closed or missed a deadline.
 
     Like nginx on ``client_header_timeout``, a client that misses a deadline is just disconnected.
     """
-    started = bool(conn.trailing_data[0])  # pipelined bytes already buffered
+    started = conn.has_buffered()  # pipelined bytes already buffered
     deadline = trio.current_time() + (HEADER_TIMEOUT if started else IDLE_TIMEOUT)
     while True:
         event = conn.next_event()
-        if isinstance(event, h11.Request):
+        if type(event) is Request:
+            assert isinstance(event, Request)
             return event
-        if event is not h11.NEED_DATA:  # ConnectionClosed (PAUSED cannot happen between cycles)
+        if event is not NEED_DATA:  # ConnectionClosed (PAUSED cannot happen between cycles)
             return None
         with trio.move_on_at(deadline) as scope:
             data = await stream.receive_some(RECEIVE_SIZE)
@@ -141,25 +142,24 @@ async def _next_request(stream: trio.abc.Stream, conn: h11.Connection) -> h11.Re
 async def _serve_connection(
     stream: trio.abc.Stream, stats: StatsProvider, refresh: Refresh = None
 ) -> None:
-    conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEADER_BYTES)
+    conn = ServerConnection(max_header_bytes=MAX_HEADER_BYTES)
     while True:
         try:
             request = await _next_request(stream, conn)
             if request is None:
                 return
             # A body-less request is complete right away; anything else closes after the reply.
-            complete = isinstance(conn.next_event(), h11.EndOfMessage)
-        except h11.RemoteProtocolError as exc:
-            if conn.our_state in (h11.IDLE, h11.SEND_RESPONSE):
-                reply = _text(exc.error_status_hint, f"bad request: {exc}")
+            complete = isinstance(conn.next_event(), EndOfMessage)
+        except HTTPProtocolError as exc:
+            if not conn.response_started:
+                reply = _text(exc.status_hint, f"bad request: {exc}")
                 await _send_reply(stream, conn, reply, close=True)
             return
         if refresh is not None:
             await refresh()
         reply = route(request.method, request.target, stats)
-        head = request.method == b"HEAD"
-        await _send_reply(stream, conn, reply, close=not complete, head=head)
-        if conn.our_state is not h11.DONE or conn.their_state is not h11.DONE:
+        await _send_reply(stream, conn, reply, close=not complete)
+        if not conn.reusable():
             return
         conn.start_next_cycle()
 
