@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from collections import Counter, OrderedDict, deque
 from dataclasses import dataclass
+from typing import ClassVar
 
 from gateproxy.core.config import LimitsConfig
 
@@ -115,7 +116,7 @@ class RejectionLog:
     Connection lifecycle limits (idle, request count, age) are not rejections and never logged.
     """
 
-    QUIET = LIFECYCLE_LIMITS
+    QUIET: ClassVar[frozenset[str]] = LIFECYCLE_LIMITS
 
     def __init__(self, *, interval: float = 10.0, max_keys: int = 10000) -> None:
         self.interval = interval
