@@ -111,22 +111,29 @@ class ServerTLSStream(trio.abc.Stream):
 
     async def aclose(self) -> None:
         """Send close_notify (not waiting for the peer's) and close the socket."""
-        if self._closed:
-            await trio.lowlevel.checkpoint()
-            return
-        self._closed = True
         try:
-            try:
-                self.ssl_object.unwrap()
-            except ssl.SSLWantReadError:
-                pass  # close_notify written; the peer's is not awaited
-            except (ssl.SSLError, ValueError):
-                return
-            await self._flush()
-        except (trio.BrokenResourceError, OSError):
+            await self.send_close_notify()
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
             pass
         finally:
             await self.transport_stream.aclose()
+
+    async def send_close_notify(self) -> None:
+        """Shut the TLS write direction: send close_notify, not waiting for the peer's. The
+        stream is closed for TLS reads and writes; the socket (``transport_stream``) stays open."""
+        if self._closed:
+            raise trio.ClosedResourceError("the TLS stream was closed")
+        self._closed = True
+        try:
+            self.ssl_object.unwrap()
+        except ssl.SSLWantReadError:
+            pass  # close_notify written; the peer's is not awaited
+        except (ssl.SSLError, ValueError):
+            # Python's unwrap calls SSL_shutdown twice; the second reads the peer's records and
+            # fails on application data the peer is still sending (an upload we answered
+            # early: APPLICATION_DATA_AFTER_CLOSE_NOTIFY). The close_notify is written already.
+            pass
+        await self._flush()
 
     # --- the descriptor --------------------------------------------------------------------
 
