@@ -23,9 +23,13 @@ from gateproxy.core.http1 import (
     with_connection_close,
     write_response,
 )
+from gateproxy.core.lingering import Linger
 from gateproxy.errors import ClientDisconnected, ClientTimeout
+from gateproxy.net.tls_stream import ServerTLSStream
 
 RECEIVE_SIZE = 64 * 1024
+# h11 states of a client whose request was read to its end (MUST_CLOSE: it said "close").
+_REQUEST_READ = frozenset({h11.DONE, h11.MUST_CLOSE, h11.CLOSED})
 # States of the response on the fast path.
 _IDLE, _BODY, _DONE = 0, 1, 2
 
@@ -72,6 +76,7 @@ class ClientSide:
         "bytes_received",
         "bytes_sent",
         "request_method",
+        "response_status",
         "stream",
     )
 
@@ -94,6 +99,7 @@ class ClientSide:
         self._head = bytearray()
         self._capture = False
         self.request_method = b""
+        self.response_status = 0  # of the response of the current exchange (0: none yet)
 
     # --- the general path ------------------------------------------------------------------
 
@@ -132,7 +138,7 @@ class ClientSide:
     def request_complete(self) -> bool:
         """The whole current request has been read."""
         if self._h11 is not None:
-            return self._h11.their_state is h11.DONE
+            return self._h11.their_state in _REQUEST_READ
         return self._request_done
 
     @property
@@ -167,6 +173,17 @@ class ClientSide:
         self._fast_head = None
         self._request_done = False
         self._response_state = _IDLE
+        self.response_status = 0
+
+    @property
+    def request_unread(self) -> bool:
+        """The client may still be sending: the current request was started and not read to its
+        end, or bytes after it are buffered; and the client has not closed its side."""
+        if self._h11 is not None:
+            buffered, closed = bool(self._h11.trailing_data[0]), self._h11.trailing_data[1]
+        else:
+            buffered, closed = bool(self._buf), self._eof
+        return not closed and (buffered or (self.request_started and not self.request_complete))
 
     def has_buffered_bytes(self) -> bool:
         """True when bytes of the next request are already buffered (pipelining)."""
@@ -308,8 +325,11 @@ class ClientSide:
         data = self._general().send(event)
         if data:
             self._out += data
-        if type(event) is h11.Data:
-            self.bytes_sent += len(event.data)
+        kind = type(event)
+        if kind is h11.Data:
+            self.bytes_sent += len(event.data)  # type: ignore[attr-defined]
+        elif kind is h11.Response:
+            self.response_status = event.status_code  # type: ignore[attr-defined]
 
     def _queue_fast(self, event: h11.Event) -> bool:
         """Write ``event`` on the fast path; False when only h11 can frame it."""
@@ -336,7 +356,7 @@ class ClientSide:
         length = content_length(headers)
         if length is None:
             return False
-        status = response.status_code
+        status = self.response_status = response.status_code
         if status in (204, 304) or self.request_method == b"HEAD":
             length = 0
         if self._fast_http10:  # h11 has no HTTP/1.0 keep-alive: close, and say so
@@ -391,6 +411,36 @@ class ClientSide:
         self.aborted = True
         transport = getattr(self.stream, "transport_stream", self.stream)
         await trio.aclose_forcefully(transport)
+
+    async def linger(self, plan: Linger) -> str:
+        """The reading half of a lingering close: shut the write direction (TLS close_notify,
+        then a TCP FIN), read and discard what the client still sends within ``plan``'s bounds.
+        Returns how that ended (``core.lingering.LINGER_ENDINGS``); ``close`` still follows."""
+        with trio.CancelScope(deadline=trio.current_time() + plan.time):
+            try:
+                return await self._half_close_and_discard(plan)
+            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+                return "reset"
+        return "lingering_time"
+
+    async def _half_close_and_discard(self, plan: Linger) -> str:
+        if isinstance(self.stream, ServerTLSStream):
+            await self.stream.send_close_notify()
+            transport: trio.abc.HalfCloseableStream = self.stream.transport_stream
+        else:
+            assert isinstance(self.stream, trio.abc.HalfCloseableStream)
+            transport = self.stream
+        await transport.send_eof()
+        discarded = 0
+        while discarded < plan.max_bytes:  # raw bytes: TLS records are not decrypted
+            with trio.move_on_after(plan.timeout) as wait:
+                data = await transport.receive_some(min(RECEIVE_SIZE, plan.max_bytes - discarded))
+            if wait.cancelled_caught:
+                return "lingering_timeout"
+            if not data:
+                return "eof"
+            discarded += len(data)
+        return "lingering_max_bytes"
 
     async def close(self) -> None:
         """Close cleanly (TLS close_notify when TLS), bounded so a stuck peer cannot hold us."""

@@ -27,6 +27,7 @@ from gateproxy.core.config import HealthCheckConfig
 from gateproxy.core.health import answer_health, health_precheck
 from gateproxy.core.http1 import fast_headers
 from gateproxy.core.limits import ConnectionBudget
+from gateproxy.core.lingering import lingering_close
 from gateproxy.core.request_rules import chunked_body_problem, raw_head_problem, reject_reason
 from gateproxy.errors import (
     ClientBodyTooLarge,
@@ -90,13 +91,40 @@ class Downstream:
             self.client.start_next_cycle()
 
     async def finish(self) -> None:
-        """Close (TLS close_notify first), then drop the engine's record of the connection."""
-        await self.client.close()
-        engine = self.listener.engine
-        if engine is not None and self.ssl_object is not None and not self.probe:
-            if not self.tickets_released and self.health_requests:
-                engine.forget_session(self.ssl_object)
-            engine.unregister_connection(self.ssl_object)
+        """Close (lingering if ``core.lingering`` says so; TLS close_notify first), then drop
+        the engine's record of the connection."""
+        try:
+            await self._linger()
+        finally:  # also when a drain's deadline cancels the lingering
+            await self.client.close()
+            engine = self.listener.engine
+            if engine is not None and self.ssl_object is not None and not self.probe:
+                if not self.tickets_released and self.health_requests:
+                    engine.forget_session(self.ssl_object)
+                engine.unregister_connection(self.ssl_object)
+
+    async def _linger(self) -> None:
+        """Read and discard what the client still sends after our last response (a client
+        that gets an RST instead of a FIN may never see that response). A drain cuts it short."""
+        client, shared = self.client, self.listener.shared
+        plan = lingering_close(
+            status=0 if client.aborted else client.response_status,
+            request_unread=client.request_unread,
+            draining=shared.draining,
+            limits=self.limits,
+        )
+        if plan is None:
+            return
+        ending = "draining"
+        try:
+            with trio.CancelScope() as cut:
+                shared.idle_scopes.add(cut)  # a drain cancels it, as it does idle waits
+                try:
+                    ending = await client.linger(plan)
+                finally:
+                    shared.idle_scopes.discard(cut)
+        finally:
+            self.listener.counters.lingered(ending)
 
     # --- reading a request ----------------------------------------------------------------------
 

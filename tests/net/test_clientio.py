@@ -7,6 +7,7 @@ import h11
 import trio
 import trio.testing
 
+from gateproxy.core.lingering import Linger
 from gateproxy.net.clientio import ClientSide
 
 PLAIN = b"GET /a HTTP/1.1\r\nHost: app.test\r\n\r\n"
@@ -130,3 +131,77 @@ async def test_an_http10_exchange_is_fast_byte_identical_to_h11_and_closes() -> 
         assert sent == h11_answer(request, *events)
         assert sent.endswith(b"\r\nConnection: close\r\n\r\nhi") or b"x-opt" in sent
         assert not side.cycle_reusable()  # HTTP/1.0: h11 would close too
+
+
+# --- lingering close ----------------------------------------------------------------------------
+
+UPLOAD = b"POST /u HTTP/1.1\r\nHost: app.test\r\nContent-Length: 100\r\n\r\n" + b"x" * 10
+PLAN = Linger(time=10.0, timeout=2.0, max_bytes=1000)
+
+
+async def test_request_unread_while_the_client_may_still_be_sending() -> None:
+    side, client_out, _ = pair()
+    await client_out.send_all(UPLOAD)
+    assert isinstance(await side.next_event(max_wait=0, limit="x"), h11.Request)
+    assert side.request_unread  # 90 body bytes still to come
+    await client_out.aclose()
+    await side.receive(max_wait=0, limit="x")  # ... or not: the client closed its side
+    assert not side.request_unread
+
+
+async def test_request_read_whole_is_not_unread_even_when_the_client_said_close() -> None:
+    side, client_out, client_in = pair()
+    await client_out.send_all(PLAIN.replace(b"\r\n\r\n", b"\r\nConnection: close\r\n\r\n"))
+    assert isinstance(await side.next_event(max_wait=0, limit="x"), h11.Request)
+    assert isinstance(await side.next_event(max_wait=0, limit="x"), h11.EndOfMessage)
+    await side.send_simple(200, b"ok")
+    assert side.response_status == 200 and not side.request_unread
+    assert b"200 OK" in await read_all(client_in)
+
+
+async def test_pipelined_bytes_are_unread_and_a_new_cycle_forgets_the_status() -> None:
+    side, client_out, _ = pair()
+    await client_out.send_all(PLAIN + b"GET /next")
+    assert isinstance(await side.next_event(max_wait=0, limit="x"), h11.Request)
+    assert isinstance(await side.next_event(max_wait=0, limit="x"), h11.EndOfMessage)
+    await side.send_simple(204, b"")  # the fast path
+    assert side.response_status == 204 and side.request_unread
+    side.start_next_cycle()
+    assert side.response_status == 0
+
+
+async def _lingering(side: ClientSide, client_in: trio.abc.ReceiveStream) -> str:
+    ending = await side.linger(PLAN)
+    assert await client_in.receive_some(10) == b""  # the client saw our FIN at once
+    return ending
+
+
+async def test_linger_endings(autojump_clock: trio.testing.MockClock) -> None:
+    async def client(out: trio.abc.SendStream, pieces: list[bytes], gap: float, close: bool):
+        for piece in pieces:
+            await out.send_all(piece)
+            await trio.sleep(gap)
+        if close:
+            await out.aclose()
+
+    cases = [
+        ([b"y" * 10] * 3, 1.0, True, "eof", 3.0),  # the client closes after its last piece
+        ([b"y" * 10], 0.0, False, "lingering_timeout", 2.0),  # quiet for `timeout`
+        ([b"y"] * 100, 1.0, False, "lingering_time", 10.0),  # trickling: cut at `time`
+        ([b"y" * 600] * 2, 0.0, False, "lingering_max_bytes", 0.0),  # over `max_bytes`
+    ]
+    for pieces, gap, close, ending, took in cases:
+        side, client_out, client_in = pair()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(client, client_out, pieces, gap, close)
+            start = trio.current_time()
+            assert await _lingering(side, client_in) == ending
+            assert trio.current_time() - start == took, ending
+            nursery.cancel_scope.cancel()
+
+
+async def test_linger_on_a_broken_connection_ends_at_once() -> None:
+    side, _, _ = pair()
+    assert isinstance(side.stream, trio.StapledStream)
+    await side.stream.receive_stream.aclose()  # reading fails as on a reset socket
+    assert await side.linger(PLAN) == "reset"
