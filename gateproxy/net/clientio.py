@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import contextlib
 import math
+import time
 from http import HTTPStatus
 
 import h11
 import trio
 
+from gateproxy.core.headers import http_date
 from gateproxy.core.http1 import (
     END_OF_MESSAGE,
     MORE,
@@ -37,6 +39,25 @@ _IDLE, _BODY, _DONE = 0, 1, 2
 def deadline_after(max_wait: float) -> float:
     """The trio deadline ``max_wait`` seconds from now (0 or less: no deadline)."""
     return trio.current_time() + max_wait if max_wait > 0 else math.inf
+
+
+class _DateCache:
+    """The ``Date`` value of the current second: formatted once a second, not per response."""
+
+    __slots__ = ("second", "value")
+
+    def __init__(self) -> None:
+        self.second = -1
+        self.value = b""
+
+    def now(self) -> bytes:
+        second = int(time.time())  # the wall clock: Date is calendar time
+        if second != self.second:
+            self.second, self.value = second, http_date(second)
+        return self.value
+
+
+date_now = _DateCache().now
 
 
 def reason(status: int) -> bytes:
@@ -397,6 +418,7 @@ class ClientSide:
         all_headers = [
             (b"content-type", content_type),
             (b"content-length", str(len(body)).encode()),
+            (b"date", date_now()),
             *headers,
         ]
         if close:

@@ -37,7 +37,7 @@ from gateproxy.errors import (
     UpstreamError,
 )
 from gateproxy.logs import event
-from gateproxy.net.clientio import ClientSide, deadline_after, reason
+from gateproxy.net.clientio import ClientSide, date_now, deadline_after, reason
 from gateproxy.net.forward import Exchange
 from gateproxy.net.health_pass import pass_through_answer
 from gateproxy.net.runtime import ListenerRuntime
@@ -307,7 +307,11 @@ class Downstream:
                 h11.Response(
                     status_code=answer.status,
                     reason=reason(answer.status),
-                    headers=[*answer.headers, *([(b"connection", b"close")] if close else [])],
+                    headers=[
+                        *answer.headers,
+                        (b"date", date_now()),
+                        *([(b"connection", b"close")] if close else []),
+                    ],
                 )
             )
             if body:

@@ -40,7 +40,7 @@ from gateproxy.errors import (
     UpstreamProtocolError,
     UpstreamTimeout,
 )
-from gateproxy.net.clientio import ClientSide
+from gateproxy.net.clientio import ClientSide, date_now
 from gateproxy.net.upstream import MAX_UPSTREAM_HEADER_BYTES, UpstreamConnection
 from gateproxy.net.upstream_group import UpstreamGroup, failure_reason
 
@@ -175,7 +175,7 @@ class Exchange:
     async def _relay(self, conn: UpstreamConnection) -> None:
         response = await self._response_head(conn)
         read_timeout = self.group.config.read_timeout
-        headers = prepare_response_headers(response.headers)
+        headers = prepare_response_headers(response.headers, date=date_now())
         if self.response_headers_hook is not None:
             headers = self.response_headers_hook(headers)
         if _is_chunked(response.headers):
