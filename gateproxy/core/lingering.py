@@ -32,7 +32,9 @@ from gateproxy.core.config import LimitsConfig
 
 #: How a lingering close ended: the client closed (``eof``: the good case), it went quiet for
 #: ``lingering_timeout``, it was still sending after ``lingering_time`` or ``lingering_max_bytes``,
-#: a drain cut it short, or the connection broke (``reset``).
+#: a drain cut it short, or the connection broke (``reset``: usually a client that read the
+#: response and closed its socket without reading our TLS close_notify, which makes its kernel
+#: send an RST; harmless).
 LINGER_ENDINGS = (
     "eof",
     "lingering_timeout",
