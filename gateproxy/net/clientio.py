@@ -10,13 +10,11 @@ from __future__ import annotations
 
 import contextlib
 import math
-import time
 from http import HTTPStatus
 
 import h11
 import trio
 
-from gateproxy.core.headers import http_date
 from gateproxy.core.http1 import (
     END_OF_MESSAGE,
     MORE,
@@ -25,9 +23,8 @@ from gateproxy.core.http1 import (
     with_connection_close,
     write_response,
 )
-from gateproxy.core.lingering import Linger
 from gateproxy.errors import ClientDisconnected, ClientTimeout
-from gateproxy.net.tls_stream import ServerTLSStream
+from gateproxy.net.dates import date_now
 
 RECEIVE_SIZE = 64 * 1024
 # h11 states of a client whose request was read to its end (MUST_CLOSE: it said "close").
@@ -39,25 +36,6 @@ _IDLE, _BODY, _DONE = 0, 1, 2
 def deadline_after(max_wait: float) -> float:
     """The trio deadline ``max_wait`` seconds from now (0 or less: no deadline)."""
     return trio.current_time() + max_wait if max_wait > 0 else math.inf
-
-
-class _DateCache:
-    """The ``Date`` value of the current second: formatted once a second, not per response."""
-
-    __slots__ = ("second", "value")
-
-    def __init__(self) -> None:
-        self.second = -1
-        self.value = b""
-
-    def now(self) -> bytes:
-        second = int(time.time())  # the wall clock: Date is calendar time
-        if second != self.second:
-            self.second, self.value = second, http_date(second)
-        return self.value
-
-
-date_now = _DateCache().now
 
 
 def reason(status: int) -> bytes:
@@ -433,36 +411,6 @@ class ClientSide:
         self.aborted = True
         transport = getattr(self.stream, "transport_stream", self.stream)
         await trio.aclose_forcefully(transport)
-
-    async def linger(self, plan: Linger) -> str:
-        """The reading half of a lingering close: shut the write direction (TLS close_notify,
-        then a TCP FIN), read and discard what the client still sends within ``plan``'s bounds.
-        Returns how that ended (``core.lingering.LINGER_ENDINGS``); ``close`` still follows."""
-        with trio.CancelScope(deadline=trio.current_time() + plan.time):
-            try:
-                return await self._half_close_and_discard(plan)
-            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
-                return "reset"
-        return "lingering_time"
-
-    async def _half_close_and_discard(self, plan: Linger) -> str:
-        if isinstance(self.stream, ServerTLSStream):
-            await self.stream.send_close_notify()
-            transport: trio.abc.HalfCloseableStream = self.stream.transport_stream
-        else:
-            assert isinstance(self.stream, trio.abc.HalfCloseableStream)
-            transport = self.stream
-        await transport.send_eof()
-        discarded = 0
-        while discarded < plan.max_bytes:  # raw bytes: TLS records are not decrypted
-            with trio.move_on_after(plan.timeout) as wait:
-                data = await transport.receive_some(min(RECEIVE_SIZE, plan.max_bytes - discarded))
-            if wait.cancelled_caught:
-                return "lingering_timeout"
-            if not data:
-                return "eof"
-            discarded += len(data)
-        return "lingering_max_bytes"
 
     async def close(self) -> None:
         """Close cleanly (TLS close_notify when TLS), bounded so a stuck peer cannot hold us."""

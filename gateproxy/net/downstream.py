@@ -27,7 +27,6 @@ from gateproxy.core.config import HealthCheckConfig
 from gateproxy.core.health import answer_health, health_precheck
 from gateproxy.core.http1 import fast_headers
 from gateproxy.core.limits import ConnectionBudget
-from gateproxy.core.lingering import lingering_close
 from gateproxy.core.request_rules import chunked_body_problem, raw_head_problem, reject_reason
 from gateproxy.errors import (
     ClientBodyTooLarge,
@@ -37,9 +36,11 @@ from gateproxy.errors import (
     UpstreamError,
 )
 from gateproxy.logs import event
-from gateproxy.net.clientio import ClientSide, date_now, deadline_after, reason
+from gateproxy.net.clientio import ClientSide, deadline_after, reason
+from gateproxy.net.dates import date_now
 from gateproxy.net.forward import Exchange
 from gateproxy.net.health_pass import pass_through_answer
+from gateproxy.net.lingering import linger_after_last_response
 from gateproxy.net.runtime import ListenerRuntime
 from gateproxy.net.upstream_request import apply_guard, body_framing, header, upstream_headers
 
@@ -94,7 +95,9 @@ class Downstream:
         """Close (lingering if ``core.lingering`` says so; TLS close_notify first), then drop
         the engine's record of the connection."""
         try:
-            await self._linger()
+            await linger_after_last_response(
+                self.client, limits=self.limits, listener=self.listener
+            )
         finally:  # also when a drain's deadline cancels the lingering
             await self.client.close()
             engine = self.listener.engine
@@ -102,29 +105,6 @@ class Downstream:
                 if not self.tickets_released and self.health_requests:
                     engine.forget_session(self.ssl_object)
                 engine.unregister_connection(self.ssl_object)
-
-    async def _linger(self) -> None:
-        """Read and discard what the client still sends after our last response (a client
-        that gets an RST instead of a FIN may never see that response). A drain cuts it short."""
-        client, shared = self.client, self.listener.shared
-        plan = lingering_close(
-            status=0 if client.aborted else client.response_status,
-            request_unread=client.request_unread,
-            draining=shared.draining,
-            limits=self.limits,
-        )
-        if plan is None:
-            return
-        ending = "draining"
-        try:
-            with trio.CancelScope() as cut:
-                shared.idle_scopes.add(cut)  # a drain cancels it, as it does idle waits
-                try:
-                    ending = await client.linger(plan)
-                finally:
-                    shared.idle_scopes.discard(cut)
-        finally:
-            self.listener.counters.lingered(ending)
 
     # --- reading a request ----------------------------------------------------------------------
 

@@ -40,7 +40,8 @@ from gateproxy.errors import (
     UpstreamProtocolError,
     UpstreamTimeout,
 )
-from gateproxy.net.clientio import ClientSide, date_now
+from gateproxy.net.clientio import ClientSide
+from gateproxy.net.dates import date_now
 from gateproxy.net.upstream import MAX_UPSTREAM_HEADER_BYTES, UpstreamConnection
 from gateproxy.net.upstream_group import UpstreamGroup, failure_reason
 

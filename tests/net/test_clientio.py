@@ -7,7 +7,6 @@ import h11
 import trio
 import trio.testing
 
-from gateproxy.core.lingering import Linger
 from gateproxy.net.clientio import ClientSide
 
 PLAIN = b"GET /a HTTP/1.1\r\nHost: app.test\r\n\r\n"
@@ -133,10 +132,9 @@ async def test_an_http10_exchange_is_fast_byte_identical_to_h11_and_closes() -> 
         assert not side.cycle_reusable()  # HTTP/1.0: h11 would close too
 
 
-# --- lingering close ----------------------------------------------------------------------------
+# --- what a lingering close needs to know ---------------------------------------------------------
 
 UPLOAD = b"POST /u HTTP/1.1\r\nHost: app.test\r\nContent-Length: 100\r\n\r\n" + b"x" * 10
-PLAN = Linger(time=10.0, timeout=2.0, max_bytes=1000)
 
 
 async def test_request_unread_while_the_client_may_still_be_sending() -> None:
@@ -168,40 +166,3 @@ async def test_pipelined_bytes_are_unread_and_a_new_cycle_forgets_the_status() -
     assert side.response_status == 204 and side.request_unread
     side.start_next_cycle()
     assert side.response_status == 0
-
-
-async def _lingering(side: ClientSide, client_in: trio.abc.ReceiveStream) -> str:
-    ending = await side.linger(PLAN)
-    assert await client_in.receive_some(10) == b""  # the client saw our FIN at once
-    return ending
-
-
-async def test_linger_endings(autojump_clock: trio.testing.MockClock) -> None:
-    async def client(out: trio.abc.SendStream, pieces: list[bytes], gap: float, close: bool):
-        for piece in pieces:
-            await out.send_all(piece)
-            await trio.sleep(gap)
-        if close:
-            await out.aclose()
-
-    cases = [
-        ([b"y" * 10] * 3, 1.0, True, "eof", 3.0),  # the client closes after its last piece
-        ([b"y" * 10], 0.0, False, "lingering_timeout", 2.0),  # quiet for `timeout`
-        ([b"y"] * 100, 1.0, False, "lingering_time", 10.0),  # trickling: cut at `time`
-        ([b"y" * 600] * 2, 0.0, False, "lingering_max_bytes", 0.0),  # over `max_bytes`
-    ]
-    for pieces, gap, close, ending, took in cases:
-        side, client_out, client_in = pair()
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(client, client_out, pieces, gap, close)
-            start = trio.current_time()
-            assert await _lingering(side, client_in) == ending
-            assert trio.current_time() - start == took, ending
-            nursery.cancel_scope.cancel()
-
-
-async def test_linger_on_a_broken_connection_ends_at_once() -> None:
-    side, _, _ = pair()
-    assert isinstance(side.stream, trio.StapledStream)
-    await side.stream.receive_stream.aclose()  # reading fails as on a reset socket
-    assert await side.linger(PLAN) == "reset"
