@@ -33,7 +33,9 @@ from gateproxy.core.units import parse_duration, parse_size
 from gateproxy.errors import ConfigError, ConfigProblem
 
 Duration = Annotated[float, BeforeValidator(parse_duration)]
+PositiveDuration = Annotated[float, BeforeValidator(parse_duration), Field(gt=0)]
 Size = Annotated[int, BeforeValidator(parse_size)]
+PositiveSize = Annotated[int, BeforeValidator(parse_size), Field(ge=1)]
 PositiveInt = Annotated[int, Field(ge=1)]
 NonNegativeInt = Annotated[int, Field(ge=0)]
 ListenerName = Annotated[str, Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")]
@@ -88,11 +90,17 @@ def _yaml_off(value: object) -> object:
     return "off" if value is False else value
 
 
+def _yaml_on_off(value: object) -> object:
+    # ... and an unquoted `on` as true (nginx-style switches such as lingering_close).
+    return "on" if value is True else _yaml_off(value)
+
+
 HostPort = Annotated[str, BeforeValidator(_parse_hostport)]
 Cidr = Annotated[str, BeforeValidator(_parse_cidr)]
 Regex = Annotated[str, BeforeValidator(_parse_regex)]
 UrlPath = Annotated[str, BeforeValidator(_parse_path)]
 TLSVersion = Literal["1.2", "1.3"]
+LingeringMode = Annotated[Literal["off", "on", "always"], BeforeValidator(_yaml_on_off)]
 
 
 class _Model(BaseModel):
@@ -209,6 +217,11 @@ class LimitsConfig(_Model):
     max_body_bytes: Size = 10 * 1024 * 1024
     max_connections: PositiveInt = 10000
     max_connections_per_client: PositiveInt = 256
+    # After the last response, read and discard what the client still sends (core.lingering).
+    lingering_close: LingeringMode = "on"
+    lingering_time: PositiveDuration = 30.0
+    lingering_timeout: PositiveDuration = 5.0
+    lingering_max_bytes: PositiveSize = 16 * 1024 * 1024
 
 
 class ProbeLimitsConfig(_Model):
@@ -223,6 +236,10 @@ class ProbeLimitsConfig(_Model):
     max_headers: PositiveInt | None = None
     max_body_bytes: Size | None = None
     max_connections_per_client: PositiveInt | None = None
+    lingering_close: LingeringMode | None = None
+    lingering_time: PositiveDuration | None = None
+    lingering_timeout: PositiveDuration | None = None
+    lingering_max_bytes: PositiveSize | None = None
 
     def apply_to(self, base: LimitsConfig) -> LimitsConfig:
         overrides = {k: v for k, v in self.model_dump().items() if v is not None}

@@ -71,9 +71,7 @@ def upstream_headers(
 
 def client_headers(headers: Headers, *, close: bool, date: bytes) -> Headers:
     """The upstream's response headers rewritten for the client."""
-    out = prepare_response_headers(headers)
-    if date and not any(n == b"date" for n, _ in out):
-        out.append((b"date", date))
+    out = prepare_response_headers(headers, date=date or None)
     if close:
         out.append((b"connection", b"close"))
     return out

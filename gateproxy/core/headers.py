@@ -35,11 +35,15 @@ Rules:
   Because client headers are filtered *before* ours are added, ``Connection: x-forwarded-for``
   can only remove the client's own claims, never the address we append.
 * ``Host`` is passed through untouched; ``Forwarded`` (RFC 7239) is passed through untouched too.
+* **Date**: a response without one gets ours (RFC 9110 section 6.6.1: a recipient with a clock
+  that forwards a response without Date must add one); an upstream's Date is kept as sent. The
+  value is a parameter (:func:`http_date` of the wall clock, which the shell caches per second).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
+from email.utils import formatdate
 
 __all__ = [
     "HOP_BY_HOP",
@@ -48,6 +52,7 @@ __all__ = [
     "connection_tokens",
     "cookie_names_in_request",
     "has_token",
+    "http_date",
     "prepare_request_headers",
     "prepare_response_headers",
     "set_cookie_names",
@@ -81,6 +86,7 @@ _TRANSFER_ENCODING = 2  # drop, remember the body was chunked
 _CONTENT_LENGTH = 3  # keep, but remember it is there
 _XFF = 4  # collect, re-emit at the end
 _VIA = 5  # collect, re-emit at the end
+_DATE = 6  # keep, but remember it is there
 
 _COMMON_ACTIONS: dict[bytes, int] = dict.fromkeys(HOP_BY_HOP, _DROP)
 _COMMON_ACTIONS[b"connection"] = _CONNECTION
@@ -89,6 +95,7 @@ _COMMON_ACTIONS[b"content-length"] = _CONTENT_LENGTH
 _COMMON_ACTIONS[b"via"] = _VIA
 
 _RESPONSE_ACTIONS: dict[bytes, int] = dict(_COMMON_ACTIONS)
+_RESPONSE_ACTIONS[b"date"] = _DATE
 _REQUEST_ACTIONS: dict[bytes, int] = dict(_COMMON_ACTIONS)
 _REQUEST_ACTIONS[b"x-forwarded-for"] = _XFF
 _REQUEST_ACTIONS[b"x-forwarded-proto"] = _DROP
@@ -101,7 +108,7 @@ _NO_EXTRA_PASS = HOP_BY_HOP | PROTECTED
 class _Pass:
     """The result of the single pass over one message's headers."""
 
-    __slots__ = ("chunked", "content_length", "kept", "tokens", "via", "xff")
+    __slots__ = ("chunked", "content_length", "date", "kept", "tokens", "via", "xff")
 
     def __init__(self) -> None:
         self.kept: Headers = []
@@ -110,6 +117,7 @@ class _Pass:
         self.via: list[bytes] = []
         self.chunked = False
         self.content_length = False
+        self.date = False
 
 
 def _one_pass(headers: Iterable[tuple[bytes, bytes]], actions: dict[bytes, int]) -> _Pass:
@@ -130,6 +138,9 @@ def _one_pass(headers: Iterable[tuple[bytes, bytes]], actions: dict[bytes, int])
             kept.append(item)
         elif action == _TRANSFER_ENCODING:
             out.chunked = True
+        elif action == _DATE:
+            out.date = True
+            kept.append(item)
         # _DROP: nothing to do
     return out
 
@@ -154,6 +165,8 @@ def _finish(result: _Pass) -> Headers:
             result.xff.clear()
         if b"via" in remove:
             result.via.clear()
+        if b"date" in remove:
+            result.date = False  # dropped: ours replaces it
     if result.chunked and result.content_length:
         remove.add(b"content-length")
     if not remove:
@@ -194,17 +207,26 @@ def prepare_request_headers(
 
 
 def prepare_response_headers(
-    headers: Iterable[tuple[bytes, bytes]], *, via: bytes = DEFAULT_VIA
+    headers: Iterable[tuple[bytes, bytes]], *, date: bytes | None, via: bytes = DEFAULT_VIA
 ) -> Headers:
     """Rewrite an upstream's response headers for the client.
 
     Strips hop-by-hop and Connection-named headers, drops Content-Length if the upstream also sent
-    Transfer-Encoding, and appends ``via`` to Via. Framing is left to h11's server side.
+    Transfer-Encoding, adds ``Date: date`` if the upstream sent no Date (``None``: add none) and
+    appends ``via`` to Via. Framing is left to h11's server side.
     """
     result = _one_pass(headers, _RESPONSE_ACTIONS)
     out = _finish(result)
+    if date is not None and not result.date:
+        out.append((b"date", date))
     out.append((b"via", _join(result.via, via)))
     return out
+
+
+def http_date(epoch_seconds: float) -> bytes:
+    """The IMF-fixdate of a wall-clock time (RFC 9110 section 5.6.7): ``Sun, 06 Nov 1994
+    08:49:37 GMT``."""
+    return formatdate(epoch_seconds, usegmt=True).encode("ascii")
 
 
 def connection_tokens(headers: Iterable[tuple[bytes, bytes]]) -> set[bytes]:

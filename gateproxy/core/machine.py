@@ -26,9 +26,9 @@ A connection goes through these phases, for each request:
 
 The connection ends in a ``wait`` state: ``CLOSE_NOTIFY`` (a clean end: TLS close_notify, then
 close), ``ABORT`` (a response was cut: no close_notify, so a truncated body never looks
-complete) or ``LINGER`` (an error answer left request body bytes unread: send close_notify,
-half-close, read and drop for a bounded time, then close, so the client reads the answer
-instead of a reset).
+complete) or ``LINGER`` (``core.lingering``: the last answer left request bytes unread — an
+early 413, 408, 400, 431 — so send close_notify, half-close, read and drop within ``linger``'s
+bounds, then close, and the client reads the answer instead of a reset).
 """
 
 from __future__ import annotations
@@ -57,10 +57,10 @@ from gateproxy.core.http_events import (
     Request,
 )
 from gateproxy.core.limits import ConnectionBudget
+from gateproxy.core.lingering import Linger, lingering_close
 from gateproxy.core.policy import ListenerPolicy
 from gateproxy.core.request_checks import (
     CLOSING_STATUSES,
-    LINGER_STATUSES,
     REASONS,
     answer_headers,
     error_answer,
@@ -104,6 +104,7 @@ class ConnectionMachine:
         self.phase = READING
         self.exchange: Exchange | None = None
         self.tickets_released = False
+        self.linger: Linger | None = None  # how to linger when ``wait`` is LINGER
         self.health_requests = 0
         self._scheme = "https" if policy.tls else "http"
         self._head_started = True  # the first request's header timeout runs from the start
@@ -485,11 +486,13 @@ class ConnectionMachine:
             )
             self.deadline = now + timeout
             return
-        unread = server.their_state != DONE or server.has_buffered()
-        if status in LINGER_STATUSES and unread and not server.client_closed:
-            self._end(LINGER)
-        else:
-            self._end(CLOSE_NOTIFY)
+        self.linger = lingering_close(
+            status=status,
+            request_unread=server.their_state != DONE or server.has_buffered(),
+            draining=self.policy.service.draining or server.client_closed,
+            limits=self.limits,
+        )
+        self._end(CLOSE_NOTIFY if self.linger is None else LINGER)
 
     def _log(self, status: int, now: float, *, upstream: str = "") -> None:
         request = self._request

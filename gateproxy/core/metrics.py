@@ -52,6 +52,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, fields, is_dataclass
 
+from gateproxy.core.lingering import LINGER_ENDINGS
+
 #: The enforceable limits of ``listeners[].limits`` (config.LimitsConfig): reported even at 0.
 LIMIT_NAMES = (
     "max_requests_per_connection",
@@ -89,6 +91,11 @@ class ListenerCounters:
     handshakes_failed: int = 0
     responses_by_class: dict[str, int] = field(default_factory=lambda: _zeros(RESPONSE_CLASSES))
     limits: dict[str, int] = field(default_factory=lambda: _zeros(LIMIT_NAMES))
+    lingering_closes: dict[str, int] = field(default_factory=lambda: _zeros(LINGER_ENDINGS))
+
+    def lingered(self, ending: str) -> None:
+        """Count one lingering close by how it ended (``core.lingering.LINGER_ENDINGS``)."""
+        self.lingering_closes[ending] = self.lingering_closes.get(ending, 0) + 1
 
     def limit_enforced(self, name: str) -> None:
         """Count one enforcement of the limit ``name`` (a ``limits`` config key)."""
@@ -198,6 +205,7 @@ def _listener_tree(
             "responses": dict(counters.responses_by_class),
         },
         "limits": dict(counters.limits),
+        "lingering_closes": dict(counters.lingering_closes),
     }
     handshakes = counters.handshakes_full + counters.handshakes_resumed + counters.handshakes_failed
     if engine is not None or handshakes:

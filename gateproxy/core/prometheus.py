@@ -31,6 +31,11 @@ FAMILIES: dict[str, tuple[str, str]] = {
     "responses_total": ("counter", "Responses sent, by status class."),
     "health_checks_total": ("counter", "Health-check requests answered by gateproxy itself."),
     "limit_enforced_total": ("counter", "Times a configured limit was enforced, by limit."),
+    "lingering_closes_total": (
+        "counter",
+        "Connections closed after reading and discarding what the client still sent, by how "
+        "that ended.",
+    ),
     "tls_handshakes_total": ("counter", "TLS handshakes, by kind (full, resumed, failed)."),
     "tls_session_cache_entries": ("gauge", "TLS sessions held in the server session cache."),
     "tls_session_cache_max_entries": ("gauge", "Capacity of the TLS session cache (hard cap)."),
@@ -151,6 +156,8 @@ def _render_listener(out: _Samples, name: str, tree: object) -> None:
         out.add("responses_total", (*ln, ("class", cls)), value)
     for limit, value in _items(tree, "limits"):
         out.add("limit_enforced_total", (*ln, ("reason", limit)), value)
+    for ending, value in _items(tree, "lingering_closes"):
+        out.add("lingering_closes_total", (*ln, ("reason", ending)), value)
     tls = _get(tree, "tls")
     if tls is None:
         return

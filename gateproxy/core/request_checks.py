@@ -25,8 +25,6 @@ from gateproxy.core.request_rules import Rejection, raw_head_problem, reject_rea
 
 #: Error answers after which the connection always closes (the framing cannot be trusted).
 CLOSING_STATUSES: Final = frozenset({400, 408, 413, 431, 500, 501, 505})
-#: ... and after which unread request body bytes are drained before closing (lingering close).
-LINGER_STATUSES: Final = frozenset({400, 408, 413, 431})
 REASONS: Final = {status.value: status.phrase.encode() for status in HTTPStatus}
 _TEXT: Final = b"text/plain; charset=utf-8"
 

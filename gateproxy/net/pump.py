@@ -23,7 +23,6 @@ import contextlib
 import math
 import ssl
 import traceback
-from typing import Protocol
 
 import trio
 
@@ -38,6 +37,7 @@ from gateproxy.core.actions import (
 from gateproxy.core.machine import (
     ABORT_CONNECTION,
     CLOSE_NOTIFY,
+    LINGER,
     WAIT_ACTIONS,
     WAIT_BOTH,
     WAIT_CLIENT,
@@ -47,7 +47,10 @@ from gateproxy.core.machine import (
 from gateproxy.errors import UpstreamError, UpstreamTimeout
 from gateproxy.logs import event
 from gateproxy.net.health_pass import pass_through_answer
+from gateproxy.net.lingering import linger_counted
+from gateproxy.net.plain_stream import PlainStream
 from gateproxy.net.runtime import ListenerRuntime
+from gateproxy.net.tls_stream import ServerTLSStream
 from gateproxy.net.upstream import UpstreamConnection
 from gateproxy.net.upstream_group import UpstreamGroup
 
@@ -59,19 +62,7 @@ _INTERNAL_ERROR = (
 )
 
 
-class ClientStream(Protocol):
-    """What the pump needs of a client stream (``ServerTLSStream`` or ``PlainStream``)."""
-
-    transport_stream: trio.SocketStream
-
-    @property
-    def fd(self) -> int: ...
-    @property
-    def unsent(self) -> bool: ...
-    async def receive_some(self, max_bytes: int | None = None) -> bytes: ...
-    def receive_nowait(self, max_bytes: int = ...) -> bytes | None: ...
-    async def send_all(self, data: bytes | bytearray | memoryview) -> None: ...
-    async def aclose(self) -> None: ...
+ClientStream = PlainStream | ServerTLSStream
 
 
 class Pump:
@@ -312,6 +303,9 @@ class Pump:
         if how == ABORT_CONNECTION:
             await self._abort()
             return
+        plan = self.machine.linger
+        if how == LINGER and plan is not None:
+            await linger_counted(self.client, plan, listener=self.listener)
         grace = trio.CancelScope(deadline=trio.current_time() + CLOSE_GRACE, shield=True)
         with grace as scope, contextlib.suppress(*_BROKEN):
             await self.client.aclose()

@@ -12,12 +12,12 @@ import ssl
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from email.utils import formatdate
 from pathlib import Path
 
 import trio
 
 from gateproxy.core.config import Config, LimitsConfig, ListenerConfig, TLSConfig
+from gateproxy.core.headers import http_date
 from gateproxy.core.key_files import parse_key_files
 from gateproxy.core.limits import Admission, RejectionLog, StormDetector
 from gateproxy.core.metrics import ListenerCounters, Metrics
@@ -66,7 +66,7 @@ class Shared:
 
     def refresh_date(self, *, wall_time: float) -> None:
         """Set the ``Date`` header value for the current second (RFC 9110 IMF-fixdate)."""
-        self.service.date = formatdate(wall_time, usegmt=True).encode("ascii")
+        self.service.date = http_date(wall_time)
 
 
 @dataclass

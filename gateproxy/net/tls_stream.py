@@ -149,25 +149,32 @@ class ServerTLSStream(trio.abc.Stream):
 
     async def aclose(self) -> None:
         """Send close_notify (not waiting for the peer's) and close the socket."""
-        if self._closed:
-            await trio.lowlevel.checkpoint()
-            return
-        self._closed = True
         try:
-            try:
-                self.ssl_object.unwrap()
-            except ssl.SSLWantReadError:
-                pass  # close_notify written; the peer's is not awaited
-            except (ssl.SSLError, ValueError):
-                # A failed connection gets no close_notify, but the alert of its failure (if
-                # an error path has not sent it yet) still goes out.
-                self._send_pending_now()
-                return
-            await self._flush()
-        except (trio.BrokenResourceError, OSError):
+            await self.send_close_notify()
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
             pass
         finally:
             await self.transport_stream.aclose()
+
+    async def send_close_notify(self) -> None:
+        """Shut the TLS write direction: send close_notify, not waiting for the peer's. The
+        stream is closed for TLS reads and writes; the socket (``transport_stream``) stays open
+        (a lingering close reads and drops what the client still sends on it)."""
+        if self._closed:
+            raise trio.ClosedResourceError("the TLS stream was closed")
+        self._closed = True
+        try:
+            self.ssl_object.unwrap()
+        except ssl.SSLWantReadError:
+            pass  # close_notify written; the peer's is not awaited
+        except (ssl.SSLError, ValueError):
+            # Python's unwrap calls SSL_shutdown twice; the second reads the peer's records and
+            # fails on application data the peer is still sending (an upload answered early:
+            # APPLICATION_DATA_AFTER_CLOSE_NOTIFY), or the connection failed before: what OpenSSL
+            # wrote (the close_notify, or the fatal alert of the failure) still goes out.
+            self._send_pending_now()
+            return
+        await self._flush()
 
     # --- the descriptor --------------------------------------------------------------------
 

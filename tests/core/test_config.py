@@ -225,6 +225,39 @@ def test_probe_limits_override_only_given_keys() -> None:
     assert merged.keepalive_timeout == listener.limits.keepalive_timeout
 
 
+@pytest.mark.parametrize(("written", "mode"), [("on", "on"), ("off", "off"), ("always", "always")])
+def test_lingering_close_takes_nginx_words_unquoted(written: str, mode: str) -> None:
+    text = f"""
+listeners:
+  - name: public
+    bind: "127.0.0.1:8443"
+    limits: {{lingering_close: {written}, lingering_time: 10s, lingering_max_bytes: 1MiB}}
+    probe_limits: {{lingering_close: off}}
+    routes: [{{upstream: app}}]
+upstreams: {{app: {{servers: ["127.0.0.1:8080"]}}}}
+"""
+    listener = load_config_text(text, source="gp.yaml").listeners[0]
+    assert listener.limits.lingering_close == mode
+    assert (listener.limits.lingering_time, listener.limits.lingering_max_bytes) == (10.0, 2**20)
+    assert listener.probe_limits.apply_to(listener.limits).lingering_close == "off"
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "message"),
+    [
+        ("lingering_close", "sometimes", "Input should be 'off', 'on' or 'always'"),
+        ("lingering_close", 1, "Input should be 'off', 'on' or 'always'"),
+        ("lingering_time", "0s", "Input should be greater than 0"),
+        ("lingering_timeout", 0, "Input should be greater than 0"),
+        ("lingering_max_bytes", 0, "Input should be greater than or equal to 1"),
+    ],
+)
+def test_lingering_settings_are_checked(key: str, value: object, message: str) -> None:
+    problems = _problems(_with(f"listeners.0.limits.{key}", value))
+    assert len(problems) == 1 and problems[0].startswith(f"gp.yaml: listeners[0].limits.{key}: ")
+    assert message in problems[0], problems
+
+
 @pytest.mark.parametrize(
     ("text", "host", "port"),
     [

@@ -12,6 +12,7 @@ from gateproxy.core.headers import (
     connection_tokens,
     cookie_names_in_request,
     has_token,
+    http_date,
     prepare_request_headers,
     prepare_response_headers,
     set_cookie_names,
@@ -24,6 +25,11 @@ def req(headers: H, *, host: bytes | None = b"app.example", client_ip: str = "20
     return prepare_request_headers(headers, client_ip=client_ip, host=host)
 
 
+def resp(headers: H, *, via: bytes = b"1.1 gateproxy") -> H:
+    """The response rewrite without a Date of ours (see the Date tests)."""
+    return prepare_response_headers(headers, date=None, via=via)
+
+
 # --- hop-by-hop and Connection tokens ------------------------------------------------------------
 
 
@@ -31,7 +37,7 @@ def req(headers: H, *, host: bytes | None = b"app.example", client_ip: str = "20
 @pytest.mark.parametrize("direction", ["request", "response"])
 def test_hop_by_hop_headers_are_removed(name: bytes, direction: str) -> None:
     headers = [(b"accept", b"*/*"), (name, b"x"), (b"user-agent", b"t")]
-    out = req(headers) if direction == "request" else prepare_response_headers(headers)
+    out = req(headers) if direction == "request" else resp(headers)
     assert name not in [n for n, _ in out]
     assert out[:2] == [(b"accept", b"*/*"), (b"user-agent", b"t")]
 
@@ -57,7 +63,7 @@ def test_connection_tokens_remove_named_headers(
         (b"content-length", b"3"),
         (b"x-b", b"2"),
     ]
-    for out in (req(headers), prepare_response_headers(headers)):
+    for out in (req(headers), resp(headers)):
         names = [n for n, _ in out]
         assert b"connection" not in names
         for name in removed:
@@ -68,7 +74,7 @@ def test_connection_tokens_remove_named_headers(
 
 def test_tokens_from_several_connection_headers_all_count() -> None:
     headers = [(b"connection", b"x-a"), (b"x-a", b"1"), (b"x-b", b"2"), (b"connection", b"x-b")]
-    assert prepare_response_headers(headers) == [(b"via", b"1.1 gateproxy")]
+    assert resp(headers) == [(b"via", b"1.1 gateproxy")]
 
 
 # --- framing -------------------------------------------------------------------------------------
@@ -108,7 +114,7 @@ def test_request_framing(headers: H, framing: H) -> None:
     ],
 )
 def test_response_framing(headers: H, framing: H) -> None:
-    out = prepare_response_headers(headers)
+    out = resp(headers)
     assert [h for h in out if h[0] in (b"content-length", b"transfer-encoding")] == framing
 
 
@@ -180,17 +186,52 @@ def test_no_host_sends_no_forwarded_host() -> None:
 )
 def test_via_is_appended_both_directions(sent: H, via: bytes) -> None:
     assert [v for n, v in req(sent) if n == b"via"] == [via]
-    assert [v for n, v in prepare_response_headers(sent) if n == b"via"] == [via]
+    assert [v for n, v in resp(sent) if n == b"via"] == [via]
 
 
 def test_custom_via() -> None:
-    out = prepare_response_headers([(b"via", b"1.0 a")], via=b"1.1 edge")
+    out = resp([(b"via", b"1.0 a")], via=b"1.1 edge")
     assert out == [(b"via", b"1.0 a, 1.1 edge")]
 
 
 def test_response_keeps_x_forwarded_headers_and_order() -> None:
     sent = [(b"x-forwarded-for", b"1"), (b"set-cookie", b"a=1"), (b"set-cookie", b"b=2")]
-    assert prepare_response_headers(sent) == [*sent, (b"via", b"1.1 gateproxy")]
+    assert resp(sent) == [*sent, (b"via", b"1.1 gateproxy")]
+
+
+# --- Date ----------------------------------------------------------------------------------------
+
+NOW = b"Sun, 06 Nov 1994 08:49:37 GMT"
+
+
+def test_a_response_without_date_gets_ours() -> None:
+    out = prepare_response_headers([(b"content-length", b"0")], date=NOW)
+    assert out == [(b"content-length", b"0"), (b"date", NOW), (b"via", b"1.1 gateproxy")]
+
+
+def test_the_upstreams_date_is_kept() -> None:
+    theirs = (b"date", b"Sat, 05 Nov 1994 08:49:37 GMT")
+    out = prepare_response_headers([theirs, (b"x-a", b"1")], date=NOW)
+    assert [h for h in out if h[0] == b"date"] == [theirs]
+
+
+def test_a_date_named_by_connection_is_replaced_by_ours() -> None:
+    sent = [(b"connection", b"date"), (b"date", b"Sat, 05 Nov 1994 08:49:37 GMT")]
+    assert [h for h in prepare_response_headers(sent, date=NOW) if h[0] == b"date"] == [
+        (b"date", NOW)
+    ]
+
+
+@pytest.mark.parametrize(
+    ("epoch", "text"),
+    [
+        (784111777, NOW),  # RFC 9110's example
+        (0, b"Thu, 01 Jan 1970 00:00:00 GMT"),
+        (1709251199.9, b"Thu, 29 Feb 2024 23:59:59 GMT"),  # fractions are cut, never rounded up
+    ],
+)
+def test_http_date_is_an_imf_fixdate(epoch: float, text: bytes) -> None:
+    assert http_date(epoch) == text
 
 
 # --- helpers -------------------------------------------------------------------------------------
@@ -293,7 +334,7 @@ def test_request_rewrite_matches_model(headers: H) -> None:
 
 @given(_HEADERS)
 def test_response_rewrite_matches_model(headers: H) -> None:
-    assert prepare_response_headers(headers) == _model(headers, request=False)
+    assert resp(headers) == _model(headers, request=False)
 
 
 @given(_HEADERS)

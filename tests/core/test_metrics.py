@@ -64,6 +64,9 @@ def _metrics() -> Metrics:
     pub.limit_enforced("max_requests_per_connection")
     pub.limit_enforced("max_requests_per_connection")
     pub.limit_enforced("max_connections")
+    pub.lingered("eof")
+    pub.lingered("eof")
+    pub.lingered("lingering_time")
     m.listener("plain").requests_total = 4
     app = m.upstream("app")
     app.requests = 50
@@ -111,7 +114,9 @@ def test_counters_start_at_zero_with_stable_keys() -> None:
 
 
 def test_limit_names_match_the_config() -> None:
-    assert set(LIMIT_NAMES) == set(LimitsConfig.model_fields)
+    # The lingering_* settings are not limits a request runs into: lingering_closes counts them.
+    limits = {name for name in LimitsConfig.model_fields if not name.startswith("lingering_")}
+    assert set(LIMIT_NAMES) == limits
 
 
 # --- the stats tree -----------------------------------------------------------------------------
@@ -125,6 +130,10 @@ CONTRACT = [  # interfaces.md "Stats", with the values of _metrics() / ENGINE / 
     ("listeners.public.requests.responses.2xx", 3),
     ("listeners.public.requests.responses.4xx", 1),
     ("listeners.public.requests.responses.5xx", 1),
+    ("listeners.public.lingering_closes.eof", 2),
+    ("listeners.public.lingering_closes.lingering_time", 1),
+    ("listeners.public.lingering_closes.lingering_max_bytes", 0),
+    ("listeners.public.lingering_closes.draining", 0),
     ("listeners.public.tls.handshakes.full", 6),
     ("listeners.public.tls.handshakes.resumed", 33),
     ("listeners.public.tls.handshakes.failed", 1),

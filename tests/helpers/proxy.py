@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from functools import partial
 from pathlib import Path
@@ -66,3 +66,12 @@ async def running_proxy(
 def address(daemon: Daemon, name: str = "public") -> str:
     host, port = daemon.addresses[name]
     return f"{host}:{port}"
+
+
+async def poll(predicate: Callable[[], bool], *, max_wait: float = 3.0) -> None:
+    """Wait until ``predicate()`` holds, checking every few milliseconds."""
+    with trio.fail_after(max_wait):
+        while True:  # counters have no change event to wait on: poll
+            if predicate():
+                return
+            await trio.sleep(0.005)

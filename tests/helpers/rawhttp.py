@@ -10,6 +10,7 @@ from __future__ import annotations
 import errno
 import socket
 import ssl
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -53,6 +54,7 @@ class RawClient:
     def __init__(self, stream: trio.SocketStream) -> None:
         self.stream = stream
         self.buffer = b""
+        self.reset = False  # the connection ended with a reset (not a clean EOF)
 
     @classmethod
     async def connect(cls, daemon: Daemon, name: str = "plain") -> RawClient:
@@ -67,6 +69,7 @@ class RawClient:
         try:
             data = await self.stream.receive_some(65536)
         except trio.BrokenResourceError:
+            self.reset = True
             return False
         self.buffer += data
         return bool(data)
@@ -162,3 +165,59 @@ def tls_raw_exchange(
                 received += chunk
                 if b"\r\n\r\n" in received:
                     return received
+
+
+@dataclass(frozen=True)
+class EarlyAnswer:
+    """What a client that kept uploading saw of an answer given before its body was read."""
+
+    received: bytes  # every byte read until the connection ended
+    ended: str  # "eof" (a clean close), or the exception that ended the read
+    write_error: str | None  # the exception that stopped the upload early, if any
+    written: int  # body bytes the client managed to write
+
+    def response(self) -> RawResponse | None:
+        """The one complete response in ``received`` (Content-Length framed), or None."""
+        raw_head, sep, rest = self.received.partition(b"\r\n\r\n")
+        if not sep:
+            return None
+        status_line, *lines = raw_head.split(b"\r\n")
+        headers = [(n.strip(), v.strip()) for n, _, v in (x.partition(b":") for x in lines)]
+        response = RawResponse(int(status_line.split(b" ")[1]), headers, rest)
+        length = response.header("content-length")
+        return response if length is not None and len(rest) == int(length) else None
+
+
+def upload_regardless(
+    address: tuple[str, int],
+    context: ssl.SSLContext | None,
+    head: bytes,
+    body: Iterable[bytes],
+    *,
+    io_timeout: float = 5.0,
+) -> EarlyAnswer:
+    """Blocking: connect (TLS when ``context``), send ``head``, write every piece of ``body``
+    without looking for an answer (as an uploading client does), then read until the server
+    closes. A write error ends the upload; reading still follows."""
+    with socket.create_connection(address, timeout=io_timeout) as raw:
+        conn: socket.socket = raw
+        if context is not None:
+            conn = context.wrap_socket(raw, server_hostname="localhost", suppress_ragged_eofs=False)
+        with conn:
+            conn.sendall(head)
+            written, write_error = 0, None
+            try:
+                for piece in body:
+                    conn.sendall(piece)
+                    written += len(piece)
+            except OSError as exc:
+                write_error = type(exc).__name__
+            received = b""
+            while True:
+                try:
+                    chunk = conn.recv(65536)
+                except OSError as exc:
+                    return EarlyAnswer(received, type(exc).__name__, write_error, written)
+                if not chunk:
+                    return EarlyAnswer(received, "eof", write_error, written)
+                received += chunk

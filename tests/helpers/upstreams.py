@@ -443,6 +443,7 @@ MisbehaviourMode = Literal[
     "close_mid_body",
     "head_with_body",
     "huge_headers",
+    "switching_protocols",
 ]
 
 _STATUS_LINE = b"HTTP/1.1 200 OK\r\n"
@@ -458,9 +459,12 @@ _RAW_ANSWERS: dict[str, bytes] = {
         + b"".join(b"X-Filler-%03d: %s\r\n" % (i, b"a" * 1010) for i in range(100))
         + b"Content-Length: 2\r\n\r\nok"
     ),
+    "switching_protocols": (
+        b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n"
+    ),
 }
 _PLAIN_OK = _STATUS_LINE + b"Content-Length: 2\r\n\r\nok"
-_CLOSE_AFTER = {"garbage", "dup_content_length", "close_mid_body"}
+_CLOSE_AFTER = {"garbage", "dup_content_length", "close_mid_body", "switching_protocols"}
 _STALL_AFTER = {"stall_headers", "stall_body"}
 
 
@@ -472,7 +476,8 @@ class MisbehavingUpstream(_Upstream):
     stall_headers / stall_body: send nothing / headers + 10 of 1000 body bytes, then wait until the
     peer closes (counted in ``closed_by_peer``). head_with_body: answers HEAD with an 11-byte body,
     other methods with a plain 200 "ok", and keeps the connection. huge_headers: a 100 KiB header
-    section, then a 2-byte body. Counters: ``connections``, ``requests`` (int), ``closed_by_peer``.
+    section, then a 2-byte body. switching_protocols: a 101 to WebSocket, then close.
+    Counters: ``connections``, ``requests`` (int), ``closed_by_peer``.
     """
 
     def __init__(self, mode: MisbehaviourMode) -> None:

@@ -199,6 +199,36 @@ async def test_server_aclose_sends_close_notify_then_is_closed(
     assert server.transport_stream.socket.fileno() == -1
 
 
+async def test_server_aclose_sends_close_notify_while_the_client_is_still_sending(
+    sockets: SocketPair, server_ctx: ssl.SSLContext, client_ctx: ssl.SSLContext
+) -> None:
+    """An early answer: records the server never read must not keep its close_notify back (the
+    second SSL_shutdown of ``unwrap`` fails on them: APPLICATION_DATA_AFTER_CLOSE_NOTIFY)."""
+    server, client = await handshake(sockets, server_ctx, client_ctx)
+    await echo(server, client)
+    await client.send_all(b"u" * 40000)  # three records of an upload
+    assert await server.receive_some(100) == b"u" * 100  # the rest stays unread
+    await server.aclose()
+    assert await client.receive_some() == b""  # close_notify, not a bare EOF
+
+
+async def test_send_close_notify_shuts_only_the_tls_write_direction(
+    sockets: SocketPair, server_ctx: ssl.SSLContext, client_ctx: ssl.SSLContext
+) -> None:
+    server, client = await handshake(sockets, server_ctx, client_ctx)
+    await echo(server, client)
+    await server.send_close_notify()
+    assert await client.receive_some() == b""  # a clean end of the server's data
+    with pytest.raises(trio.ClosedResourceError):
+        await server.send_all(b"late")
+    with pytest.raises(trio.ClosedResourceError):
+        await server.send_close_notify()
+    await client.send_all(b"still uploading")
+    assert await server.transport_stream.receive_some(65536)  # raw records: the socket is open
+    await server.aclose()
+    assert server.transport_stream.socket.fileno() == -1
+
+
 async def test_a_reader_of_buffered_small_records_lets_other_tasks_run(
     sockets: SocketPair, server_ctx: ssl.SSLContext, client_ctx: ssl.SSLContext
 ) -> None:
