@@ -35,8 +35,7 @@ UNUSUAL: Final = 2  # not for the fast path: let h11 parse these bytes
 
 _REQUEST_LINE = re.compile(rb"([A-Z][A-Z0-9_-]*) (/[\x21\x22\x24-\x7e]*) HTTP/1\.([01])")
 _STATUS_LINE = re.compile(rb"HTTP/1\.([01]) ([2-5][0-9][0-9])(?: ([\x20-\x7e\t\x80-\xff]*))?")
-_TOKEN = re.compile(rb"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
-_BAD_VALUE = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
+_FIELD_BLOCK = re.compile(rb"(?:[!#$%&'*+.^_`|~0-9A-Za-z-]+:[\t\x20-\x7e\x80-\xff]*\r\n)*")
 _HOST = re.compile(rb"(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._~!$&'()*+,;=%-]*)(?::[0-9]*)?")
 _DIGITS = re.compile(rb"[0-9]{1,18}")
 _NOT_FAST_METHODS: Final = frozenset({b"CONNECT", b"TRACE"})
@@ -86,18 +85,20 @@ def head_end(buf: bytes | bytearray, max_bytes: int) -> int:
     return -MORE
 
 
-def _fields(lines: list[bytes]) -> Headers | None:
-    """Strictly parsed ``name: value`` lines (names lowercased), or None if any is unusual."""
+def _split_head(buf: bytes | bytearray, end: int) -> tuple[bytes, Headers | None]:
+    """The start line and the strictly parsed ``name: value`` fields (names lowercased; None
+    if any field is unusual) of the head ending at ``end``. One regex checks every field line
+    at once: a token name, a colon, a value of visible characters, SP and HTAB, CRLF."""
+    head = bytes(buf[: end - 2])  # every line with its CRLF, without the blank line
+    first = head.find(b"\r\n")
+    block = head[first + 2 :]
+    if _FIELD_BLOCK.fullmatch(block) is None:
+        return head[:first], None
     headers: Headers = []
-    for line in lines:
-        name, colon, value = line.partition(b":")
-        if not colon or _TOKEN.fullmatch(name) is None:
-            return None
-        value = value.strip(b" \t")
-        if _BAD_VALUE.search(value) is not None:
-            return None
-        headers.append((name.lower(), value))
-    return headers
+    for line in block.split(b"\r\n")[:-1]:
+        name, _, value = line.partition(b":")
+        headers.append((name.lower(), value.strip(b" \t")))
+    return head[:first], headers
 
 
 def _tokens(value: bytes) -> list[bytes]:
@@ -109,12 +110,11 @@ def parse_request_head(buf: bytes | bytearray, *, max_bytes: int) -> RequestHead
     end = head_end(buf, max_bytes)
     if end < 0:
         return -end
-    lines = bytes(buf[: end - 4]).split(b"\r\n")
-    line = _REQUEST_LINE.fullmatch(lines[0])
+    start, headers = _split_head(buf, end)
+    line = _REQUEST_LINE.fullmatch(start)
     if line is None:
         return UNUSUAL
     method = line.group(1)
-    headers = _fields(lines[1:])
     if method in _NOT_FAST_METHODS or headers is None:
         return UNUSUAL
     http10 = line.group(3) == b"0"
@@ -157,12 +157,9 @@ def parse_response_head(
     end = head_end(buf, max_bytes)
     if end < 0:
         return -end
-    lines = bytes(buf[: end - 4]).split(b"\r\n")
-    line = _STATUS_LINE.fullmatch(lines[0])
-    if line is None:
-        return UNUSUAL
-    headers = _fields(lines[1:])
-    if headers is None:
+    start, headers = _split_head(buf, end)
+    line = _STATUS_LINE.fullmatch(start)
+    if line is None or headers is None:
         return UNUSUAL
     status = int(line.group(2))
     length = -1
