@@ -21,10 +21,13 @@ Merge rules (:func:`merge_stats`)
   ``session_cache.entries`` and ``session_cache.max_entries`` (each worker has its own cache, so
   the sum is the capacity of the whole process group), ``process.rss_bytes`` and
   ``process.open_fds``.
-* ``process.uptime_s`` is not summed: it takes the maximum (the oldest worker).
+* ``process.uptime_s`` is not summed: it takes the maximum (the oldest worker), and so do
+  ``session_guard.pinned.entries`` / ``.max_entries``: every worker reports the one pin table
+  they share.
 * ``process.workers`` is added: the number of trees merged.
 * ``upstreams.<name>.servers[]`` is merged by ``address``: numbers (``active``, ``idle``) summed,
-  ``healthy`` true if any worker sees the server healthy (each worker probes on its own).
+  ``healthy`` true if any worker sees the server healthy (the supervisor's active checks tell
+  every worker the same verdicts; passive marks are per worker).
 * Booleans elsewhere: any. Other lists (``tickets.keys[]``, session-guard top-N tables) and strings
   come from the first worker that has them: workers share ticket keys when key files are used,
   and per-worker top-N tables cannot be merged exactly.
@@ -111,6 +114,7 @@ class GuardCounters:
     minted_for_probes: int = 0
     stripped: int = 0
     pinned_reused: int = 0
+    minted_by_health_checks: int = 0  # for gateproxy's own active checks and pass-through fetches
 
 
 class Metrics:
@@ -236,6 +240,7 @@ def build_stats(
 # --- merging workers ----------------------------------------------------------------------------
 
 _MAX_KEYS = frozenset({"uptime_s"})
+_SHARED_KEYS = frozenset({"pinned"})  # maps whose numbers every worker reports alike: maximum
 
 
 def _is_number(value: object) -> bool:
@@ -257,6 +262,8 @@ def _merge_values(key: str, values: Sequence[object]) -> object:
         keys: dict[str, None] = {}
         for mapping in maps:
             keys.update(dict.fromkeys(str(k) for k in mapping))
+        if key in _SHARED_KEYS:
+            return {k: _shared_value([m[k] for m in maps if k in m]) for k in keys}
         return {k: _merge_values(k, [m[k] for m in maps if k in m]) for k in keys}
     if all(isinstance(v, bool) for v in values):
         return any(values)
@@ -266,6 +273,21 @@ def _merge_values(key: str, values: Sequence[object]) -> object:
     if key == "servers" and all(isinstance(v, list) for v in values):
         return _merge_servers([v for v in values if isinstance(v, list)])
     return _plain(values[0])
+
+
+def _shared_value(values: Sequence[object]) -> object:
+    numbers = [v for v in values if _is_number(v) and isinstance(v, int | float)]
+    return max(numbers) if len(numbers) == len(values) else _plain(values[0])
+
+
+def add_counters(tree: dict[str, object], section: str, counters: Mapping[str, int]) -> None:
+    """Add ``counters`` into ``tree[section]`` (a merged tree; the supervisor's own counters)."""
+    branch = tree.setdefault(section, {})
+    if not isinstance(branch, dict):
+        raise ValueError(f"stats branch {section!r} is not a mapping")
+    for name, value in counters.items():
+        before = branch.get(name, 0)
+        branch[name] = (before if _is_number(before) else 0) + value
 
 
 def merge_stats(trees: Sequence[Mapping[str, object]]) -> dict[str, object]:

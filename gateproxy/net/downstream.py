@@ -258,10 +258,11 @@ class Downstream:
         self.listener.counters.health_checks += 1
         group = self.listener.upstreams.get(check.upstream) if check.upstream else None
         draining = self.listener.shared.draining
-        if check.mode == "pass_through" and group is not None:
+        cache = self.listener.pass_through
+        if check.mode == "pass_through" and group is not None and cache is not None:
             answer = health_precheck(
                 check, method=request.method, draining=draining
-            ) or await pass_through_answer(check, group, now=trio.current_time())
+            ) or await pass_through_answer(check, group, cache=cache)
         else:
             answer = answer_health(
                 check,

@@ -26,6 +26,8 @@ from gateproxy.core.session_guard import SessionGuard
 from gateproxy.core.ticket_keys import KeyRing, TicketKey
 from gateproxy.errors import ConfigError, ConfigProblem, KeyFileError
 from gateproxy.logs import AccessLog, event
+from gateproxy.net.health_pass import PassThroughCache
+from gateproxy.net.shared import SharedState
 from gateproxy.net.upstream_group import UpstreamGroup
 from gateproxy.tls.contexts import build_listener_contexts
 from gateproxy.tls.engine import ListenerTLSEngine
@@ -63,6 +65,7 @@ class ListenerRuntime:
     probe_context: ssl.SSLContext | None = None
     engine: ListenerTLSEngine | None = None
     guard: SessionGuard | None = None
+    pass_through: PassThroughCache | None = None
     rejections: RejectionLog = field(default_factory=RejectionLog)
     storms: StormDetector = field(default_factory=StormDetector)
 
@@ -117,11 +120,14 @@ def build_runtime(
     clock: Callable[[], float] = trio.current_time,
     source: str = "<config>",
     ticket_keys: Mapping[str, Sequence[TicketKey]] | None = None,
+    shared_state: SharedState | None = None,
 ) -> Runtime:
     """Build every listener's contexts and engine and every upstream group (no sockets yet).
 
     ``ticket_keys`` (listener name -> keys, encryption key first) are keys handed down by a
     supervisor: a listener found there uses them as a fixed ring instead of rotating its own.
+    ``shared_state`` is the memory the daemon's workers share (session-guard pins, pass-through
+    answers); without it this process gets its own.
     """
     upstreams = {
         name: UpstreamGroup(name, cfg, counters=shared.metrics.upstream(name))
@@ -142,9 +148,16 @@ def build_runtime(
         )
         for i, lc in enumerate(config.listeners)
     ]
-    guard = SessionGuard(config.session_guard, counters=shared.metrics.guard)
+    state = shared_state if shared_state is not None else SharedState.anonymous(config)
+    guard = SessionGuard(
+        config.session_guard,
+        counters=shared.metrics.guard,
+        pins=state.pins(idle_timeout=config.session_guard.pin_idle_timeout),
+    )
+    pass_through = PassThroughCache(state.answers, guard=guard)
     for listener in listeners:
         listener.guard = guard
+        listener.pass_through = pass_through
     return Runtime(config, listeners, upstreams, shared, access_log, guard=guard)
 
 

@@ -6,10 +6,10 @@ Only assembly happens here; every rule lives in ``core.headers`` and ``core.sess
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterable
 
 import h11
-import trio
 
 from gateproxy.core.headers import prepare_request_headers
 from gateproxy.core.session_guard import SessionGuard, add_cookie
@@ -75,7 +75,7 @@ def apply_guard(
         request_headers=fields,
         is_probe=is_probe,
         method=request.method,
-        now=trio.current_time(),
+        now=time.monotonic(),  # pins are shared by every worker: one clock for all
         scope=scope,
     )
     if pin is not None:
@@ -89,7 +89,7 @@ def apply_guard(
             client=client_ip,
             is_probe=is_probe,
             method=request.method,
-            now=trio.current_time(),
+            now=time.monotonic(),  # pins are shared by every worker: one clock for all
             listener=listener,
             scope=scope,
         )

@@ -195,6 +195,7 @@ def test_plain_listener_has_no_tls_and_missing_engine_fields_are_zero() -> None:
         "minted_for_probes": 0,
         "stripped": 0,
         "pinned_reused": 0,
+        "minted_by_health_checks": 0,
     }
 
 
