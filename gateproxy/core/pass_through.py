@@ -237,12 +237,6 @@ def _shareable(answer: HealthAnswer) -> HealthAnswer:
     return unavailable_answer("the upstream health answer's headers are too large to share")
 
 
-def answer_table_size(slots: int) -> int:
-    """Bytes of an answer table of ``slots`` slots."""
-    return LruTable.size_for(slots=slots, value_cap=ANSWER_VALUE_CAP)
-
-
 def memory_board(*, slots: int = 4) -> AnswerBoard:
     """Answers held by this process only (a ``bytearray``; tests, tools)."""
-    table = LruTable(bytearray(answer_table_size(slots)), slots=slots, value_cap=ANSWER_VALUE_CAP)
-    return AnswerBoard(table)
+    return AnswerBoard(LruTable.in_memory(slots=slots, value_cap=ANSWER_VALUE_CAP))

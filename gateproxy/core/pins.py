@@ -140,13 +140,7 @@ class TablePins:
         self.resets += 1
 
 
-def pin_table_size(max_entries: int) -> int:
-    """Bytes of a pin table holding ``max_entries`` pins."""
-    return LruTable.size_for(slots=max_entries, value_cap=MAX_PIN_BYTES)
-
-
 def memory_pins(*, max_entries: int, idle_timeout: float) -> TablePins:
     """Pins held by this process only (a ``bytearray``)."""
-    buffer = bytearray(pin_table_size(max_entries))
-    table = LruTable(buffer, slots=max_entries, value_cap=MAX_PIN_BYTES)
+    table = LruTable.in_memory(slots=max_entries, value_cap=MAX_PIN_BYTES)
     return TablePins(table, idle_timeout=idle_timeout)

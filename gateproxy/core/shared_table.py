@@ -48,8 +48,11 @@ class TableCorrupt(ValueError):
 
 def table_key(*parts: str) -> bytes:
     """The 16-byte key of a tuple of strings (a BLAKE2b digest: fixed size, no collisions)."""
-    data = "\x00".join(parts).encode("utf-8", "surrogatepass")
-    return hashlib.blake2b(data, digest_size=KEY_SIZE).digest()
+    digest = hashlib.blake2b(digest_size=KEY_SIZE)
+    for part in parts:  # length-prefixed: ("a", "b") and ("a\0b",) differ
+        data = part.encode("utf-8", "surrogatepass")
+        digest.update(len(data).to_bytes(4, "little") + data)
+    return digest.digest()
 
 
 def _geometry(slots: int, value_cap: int) -> tuple[int, int, int]:
@@ -94,6 +97,15 @@ class LruTable:
                 f"buffer holds a table of {w[_H_SLOTS]} slots x {w[_H_CAP]} bytes "
                 f"(magic {w[_H_MAGIC]:#x}), expected {slots} x {value_cap}"
             )
+
+    @classmethod
+    def in_memory(cls, *, slots: int, value_cap: int) -> LruTable:
+        """A table over a ``bytearray`` of its own (one process)."""
+        return cls(
+            bytearray(cls.size_for(slots=slots, value_cap=value_cap)),
+            slots=slots,
+            value_cap=value_cap,
+        )
 
     @staticmethod
     def size_for(*, slots: int, value_cap: int) -> int:

@@ -11,6 +11,7 @@ from gateproxy.core.config import LimitsConfig
 from gateproxy.core.metrics import (
     LIMIT_NAMES,
     Metrics,
+    add_counters,
     build_stats,
     merge_stats,
 )
@@ -312,3 +313,24 @@ def test_merged_tree_shares_nothing_with_the_worker_trees() -> None:
 
 
 # --- Prometheus ---------------------------------------------------------------------------------
+
+
+def test_shared_pin_table_is_not_summed_and_supervisor_counters_are_added() -> None:
+    pinned = {"entries": 3, "max_entries": 10000}
+    trees = [
+        build_stats(
+            metrics=Metrics(),
+            tls={},
+            upstream_servers={},
+            guard_tables={"pinned": pinned},
+            process=PROCESS,
+        )
+        for _ in range(2)
+    ]
+    merged = merge_stats(trees)
+    assert _at(merged, "session_guard.pinned") == pinned  # one table every worker reports
+    add_counters(merged, "session_guard", {"minted": 2, "minted_by_health_checks": 2})
+    assert _at(merged, "session_guard.minted") == 2
+    assert _at(merged, "session_guard.minted_by_health_checks") == 2
+    add_counters(merged, "new_branch", {"x": 1})
+    assert _at(merged, "new_branch.x") == 1
