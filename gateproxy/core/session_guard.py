@@ -4,8 +4,8 @@ Theory of operation
 -------------------
 Apps like Tomcat, Jetty, Express or PHP create a server-side session for every request that
 carries no session cookie and announce it with ``Set-Cookie: JSESSIONID=...``. A prober or
-crawler that never sends cookies makes one new session per request. The shell calls two
-methods of one :class:`SessionGuard` per process:
+crawler that never sends cookies makes one new session per request. The shell calls these
+methods of one :class:`SessionGuard` per process (its pins are shared by the daemon's workers):
 
 * :meth:`SessionGuard.request_cookie_for` before forwarding. With ``pin_probes``, a probe
   client (classed by the shell: ``probe_clients`` CIDRs or ``probe_user_agents``) whose GET or
