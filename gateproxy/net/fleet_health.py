@@ -5,10 +5,12 @@ Theory of operation. An upstream must see one active check per ``interval`` and 
 session per server from gateproxy, and ``cache_time`` must hold for the whole daemon, not N of
 each for N workers. So the supervisor (``gateproxy.supervisor``), through :class:`FleetHealth`:
 
-* creates the shared memory of each config generation (``net.shared``: session-guard pins and
-  pass-through answers) before its first worker starts, hands its fd to every worker of that
-  generation (a restarted one too), and closes its own copy once the generation is gone (the
-  workers keep their mappings until they exit);
+* gives each config generation its shared memory (``net.shared``: session-guard pins and
+  pass-through answers) before its first worker starts, and hands its fd to every worker of that
+  generation (a restarted one too). A generation whose layout (``max_pinned``, number of
+  pass-through checks) is that of the one before shares its memory, so pins and cached answers
+  survive a reload; otherwise it gets new memory. The supervisor closes its copy once no
+  generation uses it (the workers keep their mappings until they exit);
 * runs the active checks (``net.probes``) of the current generation, with a session guard over
   that generation's pins, so the checks and the workers' pass-through fetches share one app
   session per server; every changed verdict goes to every live worker as
@@ -34,7 +36,7 @@ from gateproxy.core.health import HealthBoard, Verdict
 from gateproxy.core.metrics import GuardCounters, add_counters
 from gateproxy.core.session_guard import SessionGuard
 from gateproxy.net.probes import run_health_checks
-from gateproxy.net.shared import SharedState
+from gateproxy.net.shared import SharedLayout, SharedState
 from gateproxy.net.workers import WorkerHandle
 
 __all__ = ["FleetHealth"]
@@ -81,9 +83,10 @@ class FleetHealth:
             await done.wait()
 
     def forget(self, generation: int) -> None:
-        """``generation`` is gone (retired, or a reload that failed): close our copy."""
+        """``generation`` is gone (retired, or a reload that failed): close our copy of its
+        memory unless another generation shares it."""
         state = self._states.pop(generation, None)
-        if state is not None:
+        if state is not None and all(s is not state for s in self._states.values()):
             state.close()
 
     def add_stats(self, tree: dict[str, object]) -> None:
@@ -93,7 +96,10 @@ class FleetHealth:
     def _state(self, generation: int, config: Config) -> SharedState:
         state = self._states.get(generation)
         if state is None:
-            state = self._states[generation] = SharedState.create(config)
+            layout = SharedLayout.for_config(config)
+            same = [s for s in self._states.values() if s.layout == layout]
+            state = same[-1] if same else SharedState.create(config)
+            self._states[generation] = state
         return state
 
     async def _run_checks(

@@ -21,8 +21,8 @@ session cookie the app gave gateproxy's earlier health requests to that server, 
 session the app mints for it is counted (``SessionGuard.on_own_response``).
 
 The 405 and drain answers do not depend on the upstream: the caller answers them first with
-``core.health.health_precheck``. The shared memory is per config generation, so a reload starts
-with a fresh cache.
+``core.health.health_precheck``. The shared memory outlives a reload that keeps its layout
+(``net.fleet_health``); cached answers are then served for the rest of their ``cache_time``.
 """
 
 from __future__ import annotations

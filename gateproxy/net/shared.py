@@ -1,12 +1,12 @@
 """Memory that every worker of a daemon maps: the session guard's pins and pass-through answers.
 
-Theory of operation. The supervisor creates one memfd per config generation
-(:meth:`SharedState.create`), sized from that generation's config (``max_pinned`` pins, one
-answer slot per pass-through check), and formats it. Each worker inherits the fd (``pass_fds``;
-its number comes in the setup message) and maps it (:meth:`SharedState.attach`); the supervisor
-maps it too (its active checker uses the pins). Layout and every decision are in ``core``
-(``core.shared_table``, ``core.pins``, ``core.pass_through``): this module only maps memory and
-holds the lock.
+Theory of operation. The supervisor creates a memfd (:meth:`SharedState.create`) sized from
+the config (``max_pinned`` pins, one answer slot per pass-through check) and formats it; a
+reload that keeps that layout keeps the memfd (``net.fleet_health``). Each worker inherits the
+fd (``pass_fds``; its number comes in the setup message) and maps it
+(:meth:`SharedState.attach`); the supervisor maps it too (its active checker uses the pins).
+Layout and every decision are in ``core`` (``core.shared_table``, ``core.pins``,
+``core.pass_through``): this module only maps memory and holds the lock.
 
 The lock is one POSIX record lock (``fcntl.lockf``) on the whole file, taken around each table
 operation: a few dozen memory reads and writes, no ``await`` inside, so contention is tiny and

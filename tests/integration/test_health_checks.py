@@ -274,6 +274,28 @@ async def test_two_workers_make_one_checker_and_one_session(
 
 
 @pytest.mark.slow
+async def test_a_reload_keeps_the_one_checker_and_its_session(
+    tmp_path: Path, ca: trustme.CA, server_cert: CertPaths
+) -> None:
+    """SIGHUP with the same layout: the new generation's checks go on, at one checker's rate,
+    with the session the old generation's checks had."""
+    async with SessionApp() as app:
+        config = {**_config(server_cert, [app.address], health=FAST), "workers": 2}
+        async with supervised(config, tmp_path) as gp:
+            await app.wait_for(lambda: app.requests >= 5, max_wait=20)
+            gp.signal(signal.SIGHUP)
+            await gp.wait_event("reloaded")
+            reloaded_at = len(app.received_at)
+            await app.wait_for(lambda: app.requests >= reloaded_at + 10, max_wait=20)
+            stats = await gp.stats()
+            after = app.received_at[reloaded_at:]
+    assert app.sessions_created == 1
+    assert len(after) <= _checks_within(after, interval=INTERVAL), after
+    assert stats["supervisor"]["reloads"] == 1
+    assert stats["session_guard"]["minted_by_health_checks"] == 1
+
+
+@pytest.mark.slow
 async def test_the_supervisors_verdicts_reach_every_worker(
     tmp_path: Path, ca: trustme.CA, server_cert: CertPaths
 ) -> None:
