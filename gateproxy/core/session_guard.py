@@ -312,12 +312,9 @@ class SessionGuard:
     # --- gateproxy's own health requests ---------------------------------------------------------
 
     def own_request_cookie(self, *, upstream: str, server: str, now: float) -> bytes | None:
-        """The ``Cookie`` value for one of gateproxy's own health requests to ``server``.
-
-        It is the session the app set for an earlier one (active check or pass-through fetch,
-        from any process sharing the pins), so the app keeps one session per server for all of
-        them. Not tied to ``pin_probes``: no user is involved, gateproxy is the client.
-        """
+        """The ``Cookie`` value for one of gateproxy's own health requests to ``server``: the
+        session the app set for an earlier one (from any process sharing the pins). Not tied
+        to ``pin_probes``: no user is involved, gateproxy is the client."""
         return self._pins.lookup((OWN_CLIENT, own_scope(upstream, server)), now=now)
 
     def on_own_response(
