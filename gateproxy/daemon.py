@@ -38,12 +38,13 @@ from pathlib import Path
 import trio
 
 from gateproxy.core.config import AccessLogConfig, Config
+from gateproxy.core.health import HealthBoard, Verdict
 from gateproxy.core.metrics import build_stats
 from gateproxy.core.ticket_keys import TicketKey, keep_known
 from gateproxy.logs import AccessLog, event
 from gateproxy.net.admin import open_admin_listeners, serve_admin
 from gateproxy.net.listener import bound_address, open_listeners, serve_listener, trio_listener
-from gateproxy.net.probes import run_health_checks
+from gateproxy.net.probes import apply_verdict, run_health_checks
 from gateproxy.net.procinfo import process_info
 from gateproxy.net.runtime import (
     ListenerRuntime,
@@ -52,6 +53,7 @@ from gateproxy.net.runtime import (
     build_runtime,
     read_ticket_keys,
 )
+from gateproxy.net.shared import SharedState
 from gateproxy.tls.selftest import run_self_test
 
 TIMER_PERIOD = 1.0
@@ -69,15 +71,21 @@ class Daemon:
         role: str = "daemon",
         inherited: Mapping[str, socket.socket] | None = None,
         ticket_keys: Mapping[str, Sequence[TicketKey]] | None = None,
+        shared_state: SharedState | None = None,
+        verdicts: Sequence[Verdict] = (),
     ) -> None:
         """``role="worker"``: accept on the ``inherited`` sockets (listener name -> socket), use
-        the handed ``ticket_keys``, and leave the admin listener to the supervisor."""
+        the handed ``ticket_keys`` and the workers' ``shared_state``, start from the active
+        checks' ``verdicts`` and get later ones from the supervisor (:meth:`apply_verdict`),
+        and leave the admin listener and the active checks to the supervisor."""
         self.config = config
         self.base_dir = base_dir
         self.source = source
         self.role = role
         self._inherited = dict(inherited or {})
         self._ticket_keys = ticket_keys
+        self._shared_state = shared_state
+        self._verdicts = list(verdicts)
         self.shared = Shared()
         self.access_log = AccessLog(_resolved_log_config(config, base_dir=base_dir))
         if config.tls_engine == "full" and any(lc.tls for lc in config.listeners):
@@ -148,7 +156,10 @@ class Daemon:
             access_log=self.access_log,
             source=self.source,
             ticket_keys=self._ticket_keys,
+            shared_state=self._shared_state,
         )
+        for verdict in self._verdicts:
+            self.apply_verdict(verdict)
         try:
             async with trio.open_nursery() as outer:
                 if handle_signals:
@@ -188,7 +199,20 @@ class Daemon:
             self.admin_address = bound_address(admin_sockets)
             await services.start(_serve_admin_task, admin_sockets, self.stats)
         services.start_soon(self._timers)
-        services.start_soon(run_health_checks, self.runtime.upstreams)
+        if self.role != "worker":  # workers get the supervisor's verdicts: one checker per daemon
+            services.start_soon(
+                partial(
+                    run_health_checks,
+                    self.config.upstreams,
+                    board=HealthBoard(),
+                    on_change=self.apply_verdict,
+                    guard=self.runtime.guard,
+                )
+            )
+
+    def apply_verdict(self, verdict: Verdict) -> None:
+        """An active check's verdict on one server (ours, or the supervisor's)."""
+        apply_verdict(self.runtime.upstreams, verdict)
 
     def _listen(self, listener: ListenerRuntime) -> list[trio.SocketListener]:
         inherited = self._inherited.get(listener.name)

@@ -4,6 +4,7 @@
     ├── ConfigError          the operator's config (file, dotted key path, rule)
     ├── TLSEngineError       the OpenSSL control layer could not be set up (step, reason)
     ├── KeyFileError         a ticket key file is malformed (path, rule)
+    ├── SharedStateError     a worker's shared memory does not match its config
     ├── UpstreamError        an upstream server misbehaved; maps to 502/504
     │   ├── UpstreamConnectError
     │   ├── UpstreamTimeout
@@ -71,6 +72,10 @@ class KeyFileError(GateproxyError):
     def __init__(self, path: str, message: str):
         self.path = path
         super().__init__(f"{path}: {message}")
+
+
+class SharedStateError(GateproxyError):
+    """The shared memory a worker was handed does not match its config (size, table geometry)."""
 
 
 class UpstreamError(GateproxyError):

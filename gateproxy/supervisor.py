@@ -13,6 +13,9 @@ of its slot. It never accepts a client connection itself. It also:
   worker with the keys' ages, so a client resumes on whichever worker it lands and a key's age
   does not restart with a new worker;
 * **restarts a worker that dies**, in the same slot, with back-off (``core.restarts``);
+* **runs the active health checks** once for the whole daemon and tells every worker the
+  verdicts, and makes the shared memory of each generation (session-guard pins, pass-through
+  answers) that its workers map (``net.fleet_health``);
 * **reloads on SIGHUP**: re-read and validate everything; on any problem log each one with its
   key path and keep the running generation. Otherwise open the sockets of new listeners, start a
   new generation of workers with the new config, and once all of them are ready tell the old
@@ -45,6 +48,7 @@ from gateproxy.core.restarts import RestartPolicy
 from gateproxy.errors import ConfigError, GateproxyError, first_error
 from gateproxy.logs import event
 from gateproxy.net.admin import open_admin_listeners, serve_admin
+from gateproxy.net.fleet_health import FleetHealth
 from gateproxy.net.key_rings import SupervisorKeys
 from gateproxy.net.listen_slots import ListenError, ListenSlots, slot_key
 from gateproxy.net.workers import (
@@ -90,6 +94,7 @@ class Supervisor:
         self.current = Generation(1, config, text)
         self.slots = ListenSlots()
         self.keys = SupervisorKeys(base_dir=self.base_dir, source=str(path))
+        self.fleet = FleetHealth()
         self.retiring: list[WorkerHandle] = []
         self.policies: dict[int, RestartPolicy] = {}
         self.counters = {"worker_restarts": 0, "reloads": 0, "reload_failures": 0}
@@ -135,6 +140,7 @@ class Supervisor:
                 if not await self._start_generation(self.current):
                     raise StartupError("the workers did not start (see the lines above)")
                 self._commit(self.current)
+                await self._start_checks(self.current)
             except BaseException:
                 for handle in self._live_workers():
                     handle.kill()  # else reaping them would wait forever
@@ -218,15 +224,17 @@ class Supervisor:
             lc.name: self.slots.fd(slot_key(lc.name, lc.bind), slot=index)
             for lc in gen.config.listeners
         }
+        shared, shared_fds = self.fleet.setup(gen.number, gen.config)
         setup = {
             "config_text": gen.text,
             "source": str(self.path),
             "base_dir": str(self.base_dir),
             "listeners": fds,
             "ticket_keys": self.keys.wire(now=trio.current_time()),
+            **shared,
         }
         handle = await spawn_worker(
-            index=index, generation=gen.number, setup=setup, fds=list(fds.values())
+            index=index, generation=gen.number, setup=setup, fds=[*fds.values(), *shared_fds]
         )
         gen.workers[index] = handle
         self._nursery.start_soon(self._supervise, gen, handle)
@@ -283,6 +291,7 @@ class Supervisor:
             if not started:
                 _close(admin)
                 await stop_all(list(gen.workers.values()), grace=5.0)
+                self.fleet.forget(gen.number)
                 self.slots.keep_only(self.current.wanted_sockets())
                 return self._reload_failed(["the new workers did not start (see above)"])
             await self._switch_to(gen, admin=admin)
@@ -299,6 +308,8 @@ class Supervisor:
         old = self.current
         self.current = gen
         self._commit(gen)
+        await self._start_checks(gen)
+        self.fleet.forget(old.number)  # its workers keep their own mappings until they exit
         keys = {"op": "keys", "ticket_keys": self.keys.wire(now=trio.current_time())}
         for handle in gen.workers.values():
             await handle.send(keys)  # a rotation may have happened while they started
@@ -326,6 +337,10 @@ class Supervisor:
         self.counters["reload_failures"] += 1
         event("reload_failed", errors=errors, kept_generation=self.current.number)
         return False
+
+    async def _start_checks(self, gen: Generation) -> None:
+        assert self._nursery is not None
+        await self.fleet.start_checks(self._nursery, gen.number, gen.config, self._live_workers)
 
     # --- admin, timers, signals -----------------------------------------------------------------
 
@@ -360,6 +375,7 @@ class Supervisor:
         trees = await gather_stats(handles, max_wait=STATS_TIMEOUT)
         answered = [h for h in handles if h in trees]
         merged = merge_stats([trees[h] for h in answered])
+        self.fleet.add_stats(merged)
         merged["supervisor"] = {
             "pid": os.getpid(),
             "workers": self.current.size,

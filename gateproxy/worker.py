@@ -6,8 +6,12 @@ object per line (``gateproxy.net.control``):
 
 supervisor -> worker
     ``setup``   (first message) config text, its source and base directory, worker index and
-                generation, ``listeners`` (name -> inherited fd), ``ticket_keys`` (name -> keys)
+                generation, ``listeners`` (name -> inherited fd), ``ticket_keys`` (name -> keys),
+                ``shared_fd`` (the inherited memfd of the generation's shared tables,
+                ``net.shared``) and ``verdicts`` (the active checks' verdicts so far)
     ``keys``    new ticket keys after a rotation (name -> keys, encryption key first)
+    ``health``  an active check's changed verdict: ``upstream``, ``server``, ``healthy`` (the
+                supervisor runs the checks, once for the whole daemon)
     ``stats``   ask for this worker's stats tree; answered with ``stats_reply`` and the same ``id``
     ``retire``  a reload replaced this worker: stop accepting, finish what is open
     ``stop``    stop (SIGTERM semantics: the ``shutdown_delay`` lame duck, then the drain); with
@@ -39,11 +43,13 @@ from pathlib import Path
 import trio
 
 from gateproxy.core.config import load_config_text
+from gateproxy.core.health import Verdict
 from gateproxy.core.ticket_keys import TicketKey, keys_from_wire
 from gateproxy.daemon import Daemon
 from gateproxy.errors import GateproxyError
 from gateproxy.logs import event, set_event_context
 from gateproxy.net.control import ControlChannel, ControlError, Message
+from gateproxy.net.shared import SharedState
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -79,6 +85,7 @@ def _daemon_from_setup(setup: Message) -> Daemon:
     set_event_context(worker=setup["index"], generation=setup["generation"], pid=os.getpid())
     config = load_config_text(setup["config_text"], source=setup["source"])
     inherited = {name: socket.socket(fileno=fd) for name, fd in setup["listeners"].items()}
+    shared_fd = setup.get("shared_fd")
     return Daemon(
         config,
         base_dir=Path(setup["base_dir"]),
@@ -86,7 +93,13 @@ def _daemon_from_setup(setup: Message) -> Daemon:
         role="worker",
         inherited=inherited,
         ticket_keys=_keys(setup.get("ticket_keys") or {}),
+        shared_state=None if shared_fd is None else SharedState.attach(shared_fd, config),
+        verdicts=[_verdict(v) for v in setup.get("verdicts") or ()],
     )
+
+
+def _verdict(message: Message) -> Verdict:
+    return Verdict(str(message["upstream"]), str(message["server"]), bool(message["healthy"]))
 
 
 def _keys(wire: dict[str, list[dict[str, object]]]) -> dict[str, list[TicketKey]]:
@@ -108,6 +121,8 @@ async def _follow_supervisor(channel: ControlChannel, daemon: Daemon) -> None:
             await _send_quietly(channel, reply)
         elif op == "keys":
             daemon.install_ticket_keys(_keys(message["ticket_keys"]))
+        elif op == "health":
+            daemon.apply_verdict(_verdict(message))
         elif op == "retire":
             daemon.retire()
         elif op == "stop" and message.get("hurry"):

@@ -236,7 +236,7 @@ class Exchange:
                 client=g.client,
                 is_probe=g.is_probe,
                 method=g.method,
-                now=now,
+                now=now - g.clock_offset,
                 listener=g.listener,
                 scope=self.upstream.name,
             )

@@ -87,7 +87,16 @@ def retry_on_fresh_connection(
 class GuardContext:
     """What the session guard needs to see one response (the request as the client sent it)."""
 
-    __slots__ = ("client", "fields", "guard", "is_probe", "listener", "method", "path")
+    __slots__ = (
+        "client",
+        "clock_offset",
+        "fields",
+        "guard",
+        "is_probe",
+        "listener",
+        "method",
+        "path",
+    )
 
     def __init__(
         self,
@@ -99,7 +108,9 @@ class GuardContext:
         listener: str,
         method: bytes,
         path: bytes,
+        clock_offset: float = 0.0,
     ) -> None:
+        self.clock_offset = clock_offset  # ``now`` minus the guard's shared clock
         self.guard = guard
         self.fields = fields
         self.client = client
@@ -115,7 +126,7 @@ class GuardContext:
             request_headers=self.fields,
             is_probe=self.is_probe,
             method=self.method,
-            now=now,
+            now=now - self.clock_offset,
             scope=scope,
         )
         return headers if cookie is None else add_cookie(headers, cookie)
@@ -180,6 +191,7 @@ def prepare_forward(
             listener=policy.name,
             method=request.method,
             path=request.target,
+            clock_offset=policy.service.shared_clock_offset,
         )
         headers = context.pin(headers, scope=upstream.name, now=now)
     return Forward(upstream=upstream, headers=headers, has_body=has_body, guard=context)

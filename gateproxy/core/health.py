@@ -10,7 +10,8 @@ In ``pass_through`` mode the answer comes from the upstream's own health path in
 turns the upstream's response into an answer that keeps only its status, content type and a
 bounded body; :class:`CachedAnswer` says whether an answer may be served again).
 
-Active upstream checks feed :class:`ServerHealth`, HAProxy's rise/fall counter (rules there).
+Active upstream checks feed :class:`ServerHealth`, HAProxy's rise/fall counter (rules there);
+:class:`HealthBoard` holds one per checked server of a daemon and says which verdicts changed.
 """
 
 from __future__ import annotations
@@ -204,3 +205,50 @@ def _answer(
         *extra,
     )
     return HealthAnswer(status, headers, data)
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """The active checks' verdict on one server of one upstream."""
+
+    upstream: str
+    server: str
+    healthy: bool
+
+
+class HealthBoard:
+    """The rise/fall state of every actively checked server of a daemon, and what changed.
+
+    One board per daemon (the supervisor's, or a plain daemon's): the checker records each
+    result and gets back the :class:`Verdict` to tell the balancers when the server's health
+    changed. :meth:`verdicts` is the current state, for a worker that starts later. A server
+    keeps its state across a reload while its upstream checks it with the same rise and fall.
+    """
+
+    def __init__(self) -> None:
+        self._servers: dict[tuple[str, str], tuple[ServerHealth, int, int]] = {}
+
+    def record(
+        self, upstream: str, server: str, *, ok: bool, rise: int, fall: int
+    ) -> Verdict | None:
+        """Record one check result; the new verdict if the server's health changed."""
+        key = (upstream, server)
+        known = self._servers.get(key)
+        if known is None or known[1:] != (rise, fall):
+            health = ServerHealth(rise=rise, fall=fall)
+            if known is not None and not known[0].healthy:
+                health.health = 0  # new rise/fall: a down server stays down until it rises
+            known = self._servers[key] = (health, rise, fall)
+        health = known[0]
+        if health.record(ok):
+            return Verdict(upstream, server, health.healthy)
+        return None
+
+    def keep_only(self, checked: Iterable[tuple[str, str]]) -> None:
+        """Forget the servers no longer checked (after a reload)."""
+        keep = set(checked)
+        for key in [k for k in self._servers if k not in keep]:
+            del self._servers[key]
+
+    def verdicts(self) -> list[Verdict]:
+        return [Verdict(u, s, h.healthy) for (u, s), (h, _, _) in self._servers.items()]

@@ -21,18 +21,21 @@ Merge rules (:func:`merge_stats`)
   ``session_cache.entries`` and ``session_cache.max_entries`` (each worker has its own cache, so
   the sum is the capacity of the whole process group), ``process.rss_bytes`` and
   ``process.open_fds``.
-* ``process.uptime_s`` is not summed: it takes the maximum (the oldest worker).
+* ``process.uptime_s`` is not summed: it takes the maximum (the oldest worker), and so do
+  ``session_guard.pinned.entries`` / ``.max_entries``: every worker reports the one pin table
+  they share.
 * ``process.workers`` is added: the number of trees merged.
 * ``upstreams.<name>.servers[]`` is merged by ``address``: numbers (``active``, ``idle``) summed,
-  ``healthy`` true if any worker sees the server healthy (each worker probes on its own).
+  ``healthy`` true if any worker sees the server healthy (the supervisor's active checks tell
+  every worker the same verdicts; passive marks are per worker).
 * ``session_guard.top_paths[]`` and ``.top_clients[]`` (:data:`TOP_TABLES`) are merged by their
   key (``path``, ``client``): ``minted`` summed, then the ``top_n`` highest sums kept, highest
   first (ties: key order). ``top_n`` is the largest ``session_guard.top_n`` of the trees (the
   configured size), or the longest table when no tree says. Each worker keeps only its own
   top ``top_n``, so a sum is exact for a key every worker still holds and a lower bound
   otherwise; a key is missing only if it fell out of every worker's table.
-  ``session_guard.by_listener`` and ``.pinned`` are mappings of numbers, so they are summed
-  (``pinned.max_entries`` too: each worker has its own pin table).
+  ``session_guard.by_listener`` is summed; ``.pinned`` is one table shared by every worker
+  (``gateproxy.net.shared``), so each reports the same numbers: the maximum is kept.
 * Booleans elsewhere: any. Other lists and strings come from the first worker that has them:
   ``tickets.keys[]`` (every worker holds the same keys: the supervisor hands its keys to all of
   them, or all read the same ``key_files``), and strings such as ``tls.engine`` and
@@ -127,6 +130,7 @@ class GuardCounters:
     minted_for_probes: int = 0
     stripped: int = 0
     pinned_reused: int = 0
+    minted_by_health_checks: int = 0  # for gateproxy's own active checks and pass-through fetches
 
 
 class Metrics:
@@ -256,6 +260,7 @@ _MAX_KEYS = frozenset({"uptime_s", "top_n"})
 
 #: The session guard's top-N tables in a stats tree (``SessionGuard.tables``): name -> row key.
 TOP_TABLES = {"top_paths": "path", "top_clients": "client"}
+_SHARED_KEYS = frozenset({"pinned"})  # maps whose numbers every worker reports alike: maximum
 
 
 def _is_number(value: object) -> bool:
@@ -277,6 +282,8 @@ def _merge_values(key: str, values: Sequence[object]) -> object:
         keys: dict[str, None] = {}
         for mapping in maps:
             keys.update(dict.fromkeys(str(k) for k in mapping))
+        if key in _SHARED_KEYS:
+            return {k: _shared_value([m[k] for m in maps if k in m]) for k in keys}
         return {k: _merge_values(k, [m[k] for m in maps if k in m]) for k in keys}
     if all(isinstance(v, bool) for v in values):
         return any(values)
@@ -323,6 +330,21 @@ def _merge_guard_tables(merged: dict[str, object], trees: Sequence[Mapping[str, 
     for table, key in TOP_TABLES.items():
         if table in guard:
             guard[table] = merge_top([s.get(table) for s in sources], key=key, limit=limit)
+
+
+def _shared_value(values: Sequence[object]) -> object:
+    numbers = [v for v in values if _is_number(v) and isinstance(v, int | float)]
+    return max(numbers) if len(numbers) == len(values) else _plain(values[0])
+
+
+def add_counters(tree: dict[str, object], section: str, counters: Mapping[str, int]) -> None:
+    """Add ``counters`` into ``tree[section]`` (a merged tree; the supervisor's own counters)."""
+    branch = tree.setdefault(section, {})
+    if not isinstance(branch, dict):
+        raise ValueError(f"stats branch {section!r} is not a mapping")
+    for name, value in counters.items():
+        before = branch.get(name, 0)
+        branch[name] = (before if _is_number(before) else 0) + value
 
 
 def merge_stats(trees: Sequence[Mapping[str, object]]) -> dict[str, object]:

@@ -23,12 +23,15 @@ from gateproxy.core.upstream_state import UpstreamState
 class ServiceState:
     """Process-wide flags the request path reads (set by the daemon)."""
 
-    __slots__ = ("date", "draining", "retiring")
+    __slots__ = ("date", "draining", "retiring", "shared_clock_offset")
 
     def __init__(self) -> None:
         self.draining = False  # stopping: health answers 503, connections close after a response
         self.retiring = False  # replaced by a reload: connections close after their next response
         self.date = b""  # IMF-fixdate of the current second ("Sun, 06 Nov 1994 08:49:37 GMT")
+        # The machines' ``now`` minus the clock every worker shares (CLOCK_MONOTONIC): the
+        # session guard's pins live in memory shared by the workers, so they take that clock.
+        self.shared_clock_offset = 0.0
 
 
 class ListenerPolicy:

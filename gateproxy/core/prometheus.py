@@ -56,6 +56,10 @@ FAMILIES: dict[str, tuple[str, str]] = {
     "session_guard_minted_for_probes_total": ("counter", "The same, for probe requests."),
     "session_guard_stripped_total": ("counter", "App session cookies stripped from responses."),
     "session_guard_pinned_reused_total": ("counter", "Pinned probe sessions reused."),
+    "session_guard_minted_by_health_checks_total": (
+        "counter",
+        "App sessions minted for gateproxy's own health requests (at most one per server).",
+    ),
     "session_guard_top_path_minted": (
         "gauge",
         "Sessions minted per normalised path, for the top_n paths (a bounded table).",

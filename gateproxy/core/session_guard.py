@@ -4,8 +4,8 @@ Theory of operation
 -------------------
 Apps like Tomcat, Jetty, Express or PHP create a server-side session for every request that
 carries no session cookie and announce it with ``Set-Cookie: JSESSIONID=...``. A prober or
-crawler that never sends cookies makes one new session per request. The shell calls two
-methods of one :class:`SessionGuard` per process:
+crawler that never sends cookies makes one new session per request. The shell calls these
+methods of one :class:`SessionGuard` per process (its pins are shared by the daemon's workers):
 
 * :meth:`SessionGuard.request_cookie_for` before forwarding. With ``pin_probes``, a probe
   client (classed by the shell: ``probe_clients`` CIDRs or ``probe_user_agents``) whose GET or
@@ -20,14 +20,20 @@ methods of one :class:`SessionGuard` per process:
   :class:`GuardAction`. And it *pins*: for a probe's cookie-less GET/HEAD it remembers the
   session cookies set, replacing an older pin (the app forgot the pinned session) and dropping
   one the app deletes (``Max-Age=0``).
+* :meth:`SessionGuard.own_request_cookie` / :meth:`SessionGuard.on_own_response` for
+  gateproxy's *own* health requests (active checks, pass-through fetches): they send back the
+  session the app gave them, one per upstream server (pinned under client :data:`OWN_CLIENT`),
+  and every session the app mints for them is counted like a probe's and in
+  ``minted_by_health_checks``. The checker must not be the leak it exists to prevent.
 
 Bounds. Every table has a hard cap. The per-path and per-client tables hold at most ``top_n``
 entries each (:class:`TopTable`, a segmented LRU: keys seen once can only displace other keys
 seen once, so a flood of distinct clients or paths cannot push out a steady offender). The
 pinned sessions are at most ``max_pinned`` (LRU) and expire after ``pin_idle_timeout`` without
-use; a pin longer than :data:`MAX_PIN_BYTES` is not kept. Paths are normalised before counting
-(:func:`normalise_path`: no query, no ``;jsessionid=`` parameters, ids collapsed, bounded length)
-so one endpoint is one row.
+use; a pin longer than :data:`MAX_PIN_BYTES` is not kept (the pins live in a
+:class:`~gateproxy.core.pins.PinStore`, shared by every worker of a daemon). Paths are
+normalised before counting (:func:`normalise_path`: no query, no ``;jsessionid=`` parameters,
+ids collapsed, bounded length) so one endpoint is one row.
 
 Safety. Pinning shares one app session between the requests of one client address (and one
 ``scope``, the upstream): only probe-classed clients, only GET/HEAD, only when they sent no
@@ -46,10 +52,12 @@ from dataclasses import dataclass
 from gateproxy.core.config import SessionGuardConfig
 from gateproxy.core.headers import cookie_names_in_request
 from gateproxy.core.metrics import GuardCounters
+from gateproxy.core.pins import MAX_PIN_BYTES, PinStore, memory_pins, parse_cookie_header
 
 __all__ = [
     "MAX_PIN_BYTES",
     "NO_ACTION",
+    "OWN_CLIENT",
     "GuardAction",
     "SessionGuard",
     "TopTable",
@@ -59,8 +67,8 @@ __all__ = [
 
 Headers = Iterable[tuple[bytes, bytes]]
 
-#: A pinned cookie header value longer than this is not remembered (session ids are short).
-MAX_PIN_BYTES = 1024
+#: The client name of gateproxy's own health requests (active checks, pass-through fetches).
+OWN_CLIENT = "gateproxy-health-check"
 MAX_PATH_SEGMENTS = 8
 MAX_SEGMENT_CHARS = 48
 _SAFE_METHODS = frozenset({b"GET", b"HEAD"})
@@ -208,63 +216,18 @@ class TopTable:
         return items if n is None else items[:n]
 
 
-class _Pins:
-    """Remembered probe sessions: (client, scope) -> cookie header value, LRU by last use."""
-
-    __slots__ = ("_entries", "_idle", "_max")
-
-    def __init__(self, *, max_entries: int, idle_timeout: float) -> None:
-        self._entries: OrderedDict[tuple[str, str], tuple[dict[bytes, bytes], float]] = (
-            OrderedDict()
-        )
-        self._max = max_entries
-        self._idle = idle_timeout
-
-    def __len__(self) -> int:
-        return len(self._entries)
-
-    def expire(self, *, now: float) -> None:
-        entries = self._entries
-        while entries:
-            key, (_, last_used) = next(iter(entries.items()))
-            if now - last_used < self._idle:
-                return
-            del entries[key]
-
-    def lookup(self, key: tuple[str, str], *, now: float) -> bytes | None:
-        self.expire(now=now)
-        found = self._entries.get(key)
-        if found is None:
-            return None
-        cookies = found[0]
-        self._entries[key] = (cookies, now)
-        self._entries.move_to_end(key)
-        return b"; ".join(name + b"=" + value for name, value in cookies.items())
-
-    def update(
-        self, key: tuple[str, str], *, set_: dict[bytes, bytes], deleted: set[bytes], now: float
-    ) -> bool:
-        """Merge the cookies a response set (and drop those it deleted); True if kept."""
-        self.expire(now=now)
-        cookies = dict(self._entries.pop(key, ({}, now))[0])
-        cookies.update(set_)
-        for name in deleted:
-            cookies.pop(name, None)
-        size = sum(len(n) + len(v) + 3 for n, v in cookies.items())
-        if not cookies or size > MAX_PIN_BYTES:
-            return False
-        self._entries[key] = (cookies, now)
-        while len(self._entries) > self._max:
-            self._entries.popitem(last=False)
-        return True
-
-
 class SessionGuard:
     """Counts, strips and pins the apps' session cookies (module docstring for the rules)."""
 
     def __init__(
-        self, config: SessionGuardConfig, *, counters: GuardCounters | None = None
+        self,
+        config: SessionGuardConfig,
+        *,
+        counters: GuardCounters | None = None,
+        pins: PinStore | None = None,
     ) -> None:
+        """``pins`` is where pins live (default: this process only; ``net.shared`` gives one
+        table that every worker of the daemon shares)."""
         self.config = config
         self.counters = counters if counters is not None else GuardCounters()
         self._cookies = frozenset(c.encode() for c in config.cookies)
@@ -272,7 +235,9 @@ class SessionGuard:
         self.paths = TopTable(config.top_n)
         self.clients = TopTable(config.top_n)
         self.by_listener: dict[str, int] = {}
-        self._pins = _Pins(max_entries=config.max_pinned, idle_timeout=config.pin_idle_timeout)
+        if pins is None:  # (not ``pins or ...``: an empty store is falsy)
+            pins = memory_pins(max_entries=config.max_pinned, idle_timeout=config.pin_idle_timeout)
+        self._pins = pins
 
     def _carries_session(self, request_headers: Headers) -> bool:
         return not self._cookies.isdisjoint(cookie_names_in_request(request_headers))
@@ -329,9 +294,7 @@ class SessionGuard:
         strip = self._strip_for(path, set_values)
         pinned = False
         if self.config.pin_probes and is_probe and not carried and method in _SAFE_METHODS:
-            kept = {n: v.split(b";", 1)[0].partition(b"=")[2].strip() for n, v in set_values}
-            deleted = {n for n, v in set_values if _MAX_AGE_ZERO.search(v)}
-            kept = {n: v for n, v in kept.items() if n not in deleted}
+            kept, deleted = _kept_and_deleted(set_values)
             pinned = self._pins.update((client, scope), set_=kept, deleted=deleted, now=now)
         if not (strip or minted or pinned):
             return NO_ACTION
@@ -346,11 +309,52 @@ class SessionGuard:
                     found.append((cookie, value))
         return found
 
-    def _count_minted(self, *, path: bytes, client: str, is_probe: bool, listener: str) -> None:
+    # --- gateproxy's own health requests ---------------------------------------------------------
+
+    def own_request_cookie(self, *, upstream: str, server: str, now: float) -> bytes | None:
+        """The ``Cookie`` value for one of gateproxy's own health requests to ``server``: the
+        session the app set for an earlier one (from any process sharing the pins). Not tied
+        to ``pin_probes``: no user is involved, gateproxy is the client."""
+        return self._pins.lookup((OWN_CLIENT, own_scope(upstream, server)), now=now)
+
+    def on_own_response(
+        self,
+        *,
+        sent: bytes | None,
+        response_headers: Headers,
+        path: bytes,
+        upstream: str,
+        server: str,
+        now: float,
+    ) -> tuple[bytes, ...]:
+        """Observe the response to one of gateproxy's own health requests; the cookies minted.
+
+        A configured session cookie set with a value other than the one ``sent`` is a new app
+        session: counted like a probe's (``minted``, ``minted_for_probes``, the top tables with
+        client :data:`OWN_CLIENT`) and in ``minted_by_health_checks``, and remembered for the
+        next request (``Max-Age=0`` forgets it).
+        """
+        set_values = self._session_set_cookies(response_headers)
+        if not set_values:
+            return ()
+        kept, deleted = _kept_and_deleted(set_values)
+        had = parse_cookie_header(sent)
+        minted = tuple(name for name, value in kept.items() if had.get(name) != value)
+        if minted:
+            self._count_minted(path=path, client=OWN_CLIENT, is_probe=True, listener=None)
+            self.counters.minted_by_health_checks += 1
+        key = (OWN_CLIENT, own_scope(upstream, server))
+        self._pins.update(key, set_=kept, deleted=deleted, now=now)
+        return minted
+
+    def _count_minted(
+        self, *, path: bytes, client: str, is_probe: bool, listener: str | None
+    ) -> None:
         self.counters.minted += 1
         if is_probe:
             self.counters.minted_for_probes += 1
-        self.by_listener[listener] = self.by_listener.get(listener, 0) + 1
+        if listener is not None:
+            self.by_listener[listener] = self.by_listener.get(listener, 0) + 1
         self.paths.add(normalise_path(path))
         self.clients.add(client)
 
@@ -374,5 +378,22 @@ class SessionGuard:
             "top_clients": [{"client": k, "minted": v} for k, v in self.clients.top()],
             "top_n": self.config.top_n,
             "by_listener": dict(self.by_listener),
-            "pinned": {"entries": len(self._pins), "max_entries": self.config.max_pinned},
+            "pinned": {"entries": len(self._pins), "max_entries": self._pins.max_entries},
         }
+
+
+def own_scope(upstream: str, server: str) -> str:
+    """The pin scope of gateproxy's own health requests: one per server, not per upstream
+    (apps keep sessions per server: one pin per upstream would make every other server mint)."""
+    return f"{upstream} {server}"
+
+
+def _kept_and_deleted(
+    set_values: list[tuple[bytes, bytes]],
+) -> tuple[dict[bytes, bytes], set[bytes]]:
+    """The session cookies a response sets (name -> value) and those it deletes (Max-Age=0)."""
+    deleted = {n for n, v in set_values if _MAX_AGE_ZERO.search(v)}
+    kept = {
+        n: v.split(b";", 1)[0].partition(b"=")[2].strip() for n, v in set_values if n not in deleted
+    }
+    return kept, deleted

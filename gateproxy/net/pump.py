@@ -34,6 +34,7 @@ from gateproxy.core.actions import (
     Release,
     ReleaseTickets,
 )
+from gateproxy.core.health import unavailable_answer
 from gateproxy.core.machine import (
     ABORT_CONNECTION,
     CLOSE_NOTIFY,
@@ -281,7 +282,11 @@ class Pump:
         check = action.check
         assert check.upstream is not None
         group = self.listener.upstreams[check.upstream]
-        answer = await pass_through_answer(check, group, now=trio.current_time())
+        cache = self.listener.pass_through
+        if cache is None:
+            answer = unavailable_answer("pass-through answers are not set up")
+        else:
+            answer = await pass_through_answer(check, group, cache=cache)
         self.machine.health_answer(answer, now=trio.current_time())
 
     def _log(self, record: LogRecord) -> None:

@@ -27,6 +27,8 @@ from gateproxy.core.session_guard import SessionGuard
 from gateproxy.core.ticket_keys import KeyRing, TicketKey
 from gateproxy.errors import ConfigError, ConfigProblem, KeyFileError
 from gateproxy.logs import AccessLog, event
+from gateproxy.net.health_pass import PassThroughCache
+from gateproxy.net.shared import SharedState
 from gateproxy.net.upstream_group import UpstreamGroup
 from gateproxy.tls.contexts import build_listener_contexts
 from gateproxy.tls.engine import ListenerTLSEngine
@@ -81,6 +83,7 @@ class ListenerRuntime:
     main_context: ssl.SSLContext | None = None
     probe_context: ssl.SSLContext | None = None
     engine: ListenerTLSEngine | None = None
+    pass_through: PassThroughCache | None = None
     rejections: RejectionLog = field(default_factory=RejectionLog)
     storms: StormDetector = field(default_factory=StormDetector)
 
@@ -143,18 +146,29 @@ def build_runtime(
     clock: Callable[[], float] = trio.current_time,
     source: str = "<config>",
     ticket_keys: Mapping[str, Sequence[TicketKey]] | None = None,
+    shared_state: SharedState | None = None,
 ) -> Runtime:
     """Build every listener's contexts and engine and every upstream group (no sockets yet).
 
     ``ticket_keys`` (listener name -> keys, encryption key first) are keys handed down by a
     supervisor (its rotating ring, or the key files it read): a listener found there uses them
-    as a fixed ring instead of rotating its own or reading its key files.
+    as a fixed ring instead of rotating its own or reading its key files. ``shared_state`` is
+    the memory the daemon's workers share (session-guard pins, pass-through answers); without it
+    this process gets its own.
     """
     upstreams = {
         name: UpstreamGroup(name, cfg, counters=shared.metrics.upstream(name))
         for name, cfg in config.upstreams.items()
     }
-    guard = SessionGuard(config.session_guard, counters=shared.metrics.guard)
+    # (the trio clock has a random offset per process; the workers' shared tables take
+    # CLOCK_MONOTONIC, which time.monotonic reads in every process alike)
+    shared.service.shared_clock_offset = trio.current_time() - time.monotonic()
+    state = shared_state if shared_state is not None else SharedState.anonymous(config)
+    guard = SessionGuard(
+        config.session_guard,
+        counters=shared.metrics.guard,
+        pins=state.pins(idle_timeout=config.session_guard.pin_idle_timeout),
+    )
     listeners = [
         _build_listener(
             config,
@@ -171,6 +185,9 @@ def build_runtime(
         )
         for i, lc in enumerate(config.listeners)
     ]
+    pass_through = PassThroughCache(state.answers, guard=guard)
+    for listener in listeners:
+        listener.pass_through = pass_through
     return Runtime(config, listeners, upstreams, shared, access_log, guard=guard)
 
 

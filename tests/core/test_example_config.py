@@ -69,3 +69,16 @@ def test_minimal_config_parses() -> None:
     path = CONFIG_DIR / "minimal.yaml"
     config = load_config_text(path.read_text(), source=str(path))
     assert config.listeners[0].health_checks[0].path == "/healthz"
+
+
+def test_the_first_config_in_the_readme_is_the_load_balancer_layout_and_parses() -> None:
+    """The example people copy first classes the load balancers as probers (``probe_clients``):
+    only that leaves no TLS state at all for them (TLS 1.2 tickets are a documented limit)."""
+    readme = (CONFIG_DIR.parent / "README.md").read_text()
+    first = readme.split("```yaml\n", 1)[1].split("```", 1)[0]
+    config = load_config_text(first, source="README.md")
+    listener = config.listeners[0]
+    assert listener.probe_clients and listener.health_checks
+    assert config.upstreams["app"].health is not None
+    limit = readme.split("**Limit:** TLS 1.2 *with tickets* cannot take a ticket back", 1)
+    assert len(limit) == 2 and "use `probe_clients`" in limit[1][:400]

@@ -12,8 +12,10 @@ from gateproxy.core.config import HealthCheckConfig
 from gateproxy.core.health import (
     MAX_RELAYED_BODY,
     CachedAnswer,
+    HealthBoard,
     HealthMatcher,
     ServerHealth,
+    Verdict,
     answer_health,
     health_precheck,
     relayed_answer,
@@ -196,3 +198,25 @@ def test_rise_fall_invariants(rise: int, fall: int, results: list[bool]) -> None
         confirmed = confirmed or (ok and health.healthy)
         if not health.healthy:
             confirmed = True  # after a fall the next rise is a confirmed up
+
+
+# --- the daemon's board of verdicts -------------------------------------------------------------
+
+
+def test_board_reports_changes_only() -> None:
+    board = HealthBoard()
+    assert board.record("app", "a:1", ok=True, rise=2, fall=2) is None  # starts up
+    assert board.record("app", "a:1", ok=False, rise=2, fall=2) is None  # 1 of 2
+    assert board.record("app", "a:1", ok=False, rise=2, fall=2) == Verdict("app", "a:1", False)
+    assert board.record("app", "b:1", ok=False, rise=2, fall=2) == Verdict("app", "b:1", False)
+    assert board.verdicts() == [Verdict("app", "a:1", False), Verdict("app", "b:1", False)]
+
+
+def test_board_keeps_state_across_a_reload_and_forgets_unchecked_servers() -> None:
+    board = HealthBoard()
+    board.record("app", "a:1", ok=False, rise=2, fall=3)  # down at once (never passed)
+    board.record("app", "b:1", ok=True, rise=2, fall=3)
+    board.keep_only([("app", "a:1")])
+    assert board.verdicts() == [Verdict("app", "a:1", False)]
+    # new rise/fall: still down until it rises under the new rule (1 pass)
+    assert board.record("app", "a:1", ok=True, rise=1, fall=1) == Verdict("app", "a:1", True)

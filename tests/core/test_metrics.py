@@ -11,6 +11,7 @@ from gateproxy.core.config import LimitsConfig, SessionGuardConfig
 from gateproxy.core.metrics import (
     LIMIT_NAMES,
     Metrics,
+    add_counters,
     build_stats,
     merge_stats,
     merge_top,
@@ -206,6 +207,7 @@ def test_plain_listener_has_no_tls_and_missing_engine_fields_are_zero() -> None:
         "minted_for_probes": 0,
         "stripped": 0,
         "pinned_reused": 0,
+        "minted_by_health_checks": 0,
     }
 
 
@@ -329,7 +331,7 @@ def test_merge_sums_the_guard_tables_and_keeps_the_top_n_of_the_sum() -> None:
     assert _at(merged, "session_guard.minted") == 14
     assert _at(merged, "session_guard.by_listener") == {"public": 14}
     assert _at(merged, "session_guard.top_n") == 2  # the configured size, not a sum
-    assert _at(merged, "session_guard.pinned") == {"entries": 0, "max_entries": 20000}
+    assert _at(merged, "session_guard.pinned") == {"entries": 0, "max_entries": 10000}  # shared
 
 
 def test_merged_guard_tables_grow_to_the_configured_top_n() -> None:
@@ -393,3 +395,24 @@ def test_merged_tree_shares_nothing_with_the_worker_trees() -> None:
 
 
 # --- Prometheus ---------------------------------------------------------------------------------
+
+
+def test_shared_pin_table_is_not_summed_and_supervisor_counters_are_added() -> None:
+    pinned = {"entries": 3, "max_entries": 10000}
+    trees = [
+        build_stats(
+            metrics=Metrics(),
+            tls={},
+            upstream_servers={},
+            guard_tables={"pinned": pinned},
+            process=PROCESS,
+        )
+        for _ in range(2)
+    ]
+    merged = merge_stats(trees)
+    assert _at(merged, "session_guard.pinned") == pinned  # one table every worker reports
+    add_counters(merged, "session_guard", {"minted": 2, "minted_by_health_checks": 2})
+    assert _at(merged, "session_guard.minted") == 2
+    assert _at(merged, "session_guard.minted_by_health_checks") == 2
+    add_counters(merged, "new_branch", {"x": 1})
+    assert _at(merged, "new_branch.x") == 1

@@ -350,3 +350,40 @@ def test_tables_stay_within_caps_under_100k_distinct_clients_and_paths() -> None
     assert tables["top_paths"][0] == {"path": "/healthz", "minted": 10_000}  # type: ignore[index]
     assert tables["top_clients"][0] == {"client": "192.0.2.1", "minted": 10_000}  # type: ignore[index]
     assert g.counters.minted == 110_000
+
+
+# --- gateproxy's own health requests ------------------------------------------------------------
+
+
+def own(
+    g: SessionGuard, response: H, *, sent: bytes | None, server: str = "s:1"
+) -> tuple[bytes, ...]:
+    return g.on_own_response(
+        sent=sent, response_headers=response, path=b"/h", upstream="app", server=server, now=1.0
+    )
+
+
+def test_own_requests_send_back_their_session_per_server_and_count_new_ones() -> None:
+    g = guard()  # pin_probes off: gateproxy's own requests are not a prober's
+    assert g.own_request_cookie(upstream="app", server="s:1", now=0.0) is None
+    assert own(g, MINT, sent=None) == (b"JSESSIONID",)
+    assert g.own_request_cookie(upstream="app", server="s:1", now=2.0) == b"JSESSIONID=S1"
+    assert g.own_request_cookie(upstream="app", server="s:2", now=2.0) is None  # per server
+    assert own(g, MINT, sent=b"JSESSIONID=S1") == ()  # the same session set again: not new
+    assert own(g, [(b"set-cookie", b"JSESSIONID=S2")], sent=b"JSESSIONID=S1") == (b"JSESSIONID",)
+    assert g.own_request_cookie(upstream="app", server="s:1", now=3.0) == b"JSESSIONID=S2"
+    assert own(g, [(b"set-cookie", b"JSESSIONID=; Max-Age=0")], sent=b"JSESSIONID=S2") == ()
+    assert g.own_request_cookie(upstream="app", server="s:1", now=4.0) is None
+    c = g.counters
+    assert (c.minted, c.minted_for_probes, c.minted_by_health_checks) == (2, 2, 2)
+    tables = g.tables()
+    assert tables["top_clients"] == [{"client": "gateproxy-health-check", "minted": 2}]
+    assert tables["by_listener"] == {}  # no listener involved
+    assert own(g, [(b"content-type", b"text/plain")], sent=None) == ()
+
+
+def test_own_pins_never_reach_a_prober_with_the_same_scope() -> None:
+    g = guard(pin_probes=True)
+    own(g, MINT, sent=None, server="s:1")
+    assert pinned(g, client="gateproxy-health-check", scope="app") is None
+    assert pinned(g, scope="app s:1") is None

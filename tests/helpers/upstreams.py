@@ -11,6 +11,7 @@ cancels it on exit; each connection runs in its own task. Inside the block, ``.a
 
 Common attributes: ``connections`` (accepted so far), ``open_connections``, ``closed_connections``,
 ``recorded`` (every request as a RecordedRequest; streaming servers leave ``body`` empty),
+``received_at`` (the trio time each recorded request arrived),
 ``errors`` (connection-level failures swallowed: client resets, protocol errors) and
 ``wait_for(predicate, timeout=5.0)``, which wakes on every change instead of sleeping.
 """
@@ -77,6 +78,7 @@ class _Upstream:
         self.open_connections = 0
         self.closed_connections = 0
         self.recorded: list[RecordedRequest] = []
+        self.received_at: list[float] = []
         self.errors: list[Exception] = []
         self._changed = trio.Event()
         self._nursery_cm: AbstractAsyncContextManager[trio.Nursery] | None = None
@@ -159,6 +161,7 @@ class _Upstream:
             http_version=request.http_version.decode("ascii"),
         )
         self.recorded.append(recorded)
+        self.received_at.append(trio.current_time())
         self.notify()
         return recorded
 

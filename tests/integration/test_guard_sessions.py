@@ -6,14 +6,18 @@ These need the guard wired into the forwarding path (``request_cookie_for`` befo
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
+import pytest
+import trio
 import trustme
 
 from gateproxy.daemon import Daemon
 from tests.conftest import CertPaths
 from tests.helpers.clients import Request, https_exchange, https_request
 from tests.helpers.proxy import address, proxy_config, running_proxy, tls_listener
+from tests.helpers.supervised import supervised
 from tests.helpers.upstreams import SessionApp
 
 
@@ -104,3 +108,38 @@ async def test_seed_scenario_stats_show_minted_sessions_without_local_health(
     assert app.sessions_created == 100
     assert guard["minted"] == 100 and guard["minted_for_probes"] == 100
     assert guard["top_paths"] == [{"path": "/healthz", "minted": 100}]
+
+
+@pytest.mark.slow
+async def test_two_workers_share_one_pinned_session_per_prober(
+    tmp_path: Path, ca: trustme.CA, server_cert: CertPaths
+) -> None:
+    """One prober on 40 connections, served by both workers: the app makes one session.
+
+    The first request goes alone (it mints the session the pin remembers); the other 120 come
+    on 40 connections at once, spread by the kernel over both workers, and all reuse that pin.
+    """
+    async with SessionApp() as app:
+        config = _config(
+            server_cert, app.address, guard={"pin_probes": True}, probe_clients=["127.0.0.0/8"]
+        )
+        async with supervised({**config, "workers": 2}, tmp_path) as gp:
+            first = await https_request(gp.address(), ca=ca, path="/")
+            statuses: list[int] = []
+
+            async def prober() -> None:
+                answers = await https_exchange(gp.address(), [Request(path="/")] * 3, ca=ca)
+                statuses.extend(r.status for r in answers)
+
+            async with trio.open_nursery() as nursery:
+                for _ in range(40):
+                    nursery.start_soon(prober)
+            stats = await gp.stats()
+    assert first.status == 200 and statuses == [200] * 120
+    served = [w["stats"]["listeners"]["public"]["requests"]["total"] for w in stats["workers"]]
+    assert len(served) == 2 and all(n > 0 for n in served) and sum(served) == 121, served
+    assert app.requests == 121
+    assert app.sessions_created == 1 and app.live_sessions == 1
+    guard = stats["session_guard"]
+    assert guard["minted"] == 1 and guard["pinned_reused"] == 120
+    assert guard["pinned"] == {"entries": 1, "max_entries": 10000}  # one table, not one a worker

@@ -8,8 +8,13 @@ state is left at the front door either.
 
 from __future__ import annotations
 
+import math
+import os
+import signal
+from pathlib import Path
 from typing import Any
 
+import pytest
 import trio
 import trustme
 
@@ -17,6 +22,7 @@ from gateproxy.daemon import Daemon
 from tests.conftest import CertPaths
 from tests.helpers.clients import Request, https_exchange, https_request
 from tests.helpers.proxy import address, proxy_config, running_proxy, tls_listener
+from tests.helpers.supervised import supervised
 from tests.helpers.upstreams import RecordedRequest, RecordingUpstream, Response, SessionApp
 
 HEALTHZ = {"path": "/healthz", "upstream": "app"}
@@ -191,3 +197,130 @@ async def test_drain_turns_health_503_at_once(ca: trustme.CA, server_cert: CertP
     assert answer.status == 503 and b"draining" in answer.body
     assert refused.status == 405
     assert app.requests == 0
+
+
+# --- the checker is no session leak, and runs once per daemon ----------------------------------
+
+FAST = {"interval": f"{INTERVAL}s", "timeout": "1s"}
+
+
+async def test_active_checks_mint_one_session_per_server_and_count_it(
+    ca: trustme.CA, server_cert: CertPaths
+) -> None:
+    """25 checks of each of two servers: each app makes one session (the first check's), every
+    later check sends it back, and /stats counts exactly those two."""
+    async with SessionApp() as one, SessionApp() as two:
+        health = {**FAST, "interval": "50ms"}
+        config = _config(server_cert, [one.address, two.address], health=health)
+        async with running_proxy(config) as daemon:
+            with trio.fail_after(30):
+                for app in (one, two):
+                    await app.wait_for(lambda app=app: app.requests >= 25, max_wait=30)
+            guard = _stats(daemon, "session_guard")
+    for app in (one, two):
+        assert app.sessions_created == 1 and app.live_sessions == 1
+        cookies = [r.header("cookie") for r in app.recorded]
+        assert cookies[0] is None and set(cookies[1:]) == {cookies[1]} and cookies[1]
+    assert guard["minted_by_health_checks"] == 2
+    assert guard["minted"] == 2 and guard["minted_for_probes"] == 2
+    assert {"client": "gateproxy-health-check", "minted": 2} in guard["top_clients"]
+    assert guard["pinned"]["entries"] == 2  # one remembered session per server
+
+
+async def test_checks_and_pass_through_share_the_one_session_with_pin_probes(
+    ca: trustme.CA, server_cert: CertPaths
+) -> None:
+    """Active checks and pass-through fetches (cache_time 0: one fetch per probe) are all
+    gateproxy's own health requests to the one server: one app session between them."""
+    async with SessionApp() as app:
+        check = {**HEALTHZ, "mode": "pass_through", "cache_time": "0s"}
+        config = _config(server_cert, [app.address], health=FAST, health_checks=[check])
+        config["session_guard"] = {"pin_probes": True}
+        async with running_proxy(config) as daemon:
+            await app.wait_for(lambda: app.requests >= 1)  # the first check made the session
+            for _ in range(10):
+                answers = await https_exchange(
+                    address(daemon), [Request(path="/healthz")] * 2, ca=ca
+                )
+                assert {r.status for r in answers} == {200}
+            await app.wait_for(lambda: app.requests >= 30, max_wait=10)
+            guard = _stats(daemon, "session_guard")
+    assert app.sessions_created == 1
+    assert all(r.header("cookie") for r in app.recorded[1:])  # every later one sent it back
+    assert guard["minted_by_health_checks"] == 1 and guard["pinned"]["entries"] == 1
+
+
+def _checks_within(times: list[float], *, interval: float) -> int:
+    """How many checks one checker can make between the first and the last of ``times``
+    (check starts are >= interval apart; 50 ms of arrival jitter allowed)."""
+    return math.floor((times[-1] - times[0] + 0.05) / interval) + 1
+
+
+@pytest.mark.slow
+async def test_two_workers_make_one_checker_and_one_session_across_a_reload(
+    tmp_path: Path, ca: trustme.CA, server_cert: CertPaths
+) -> None:
+    """``gateproxy run`` with 2 workers: the app sees the checks of one checker (not one per
+    worker) and one session, counted in /stats; after a reload (SIGHUP, same layout) the new
+    generation's checks go on at one checker's rate with that same session."""
+    async with SessionApp() as app:
+        config = {**_config(server_cert, [app.address], health=FAST), "workers": 2}
+        async with supervised(config, tmp_path) as gp:
+            await app.wait_for(lambda: app.requests >= 10, max_wait=20)
+            before = list(app.received_at)
+            gp.signal(signal.SIGHUP)
+            await gp.wait_event("reloaded")
+            reloaded_at = len(app.received_at)
+            await app.wait_for(lambda: app.requests >= reloaded_at + 10, max_wait=20)
+            stats = await gp.stats()
+            after = app.received_at[reloaded_at:]
+    assert len(before) <= _checks_within(before, interval=INTERVAL), before
+    assert len(after) <= _checks_within(after, interval=INTERVAL), after
+    assert app.sessions_created == 1
+    assert stats["supervisor"]["reloads"] == 1
+    assert stats["session_guard"]["minted_by_health_checks"] == 1
+    assert stats["session_guard"]["minted_for_probes"] == 1
+
+
+@pytest.mark.slow
+async def test_the_supervisors_verdicts_reach_every_worker(
+    tmp_path: Path, ca: trustme.CA, server_cert: CertPaths
+) -> None:
+    """The server fails its checks: /healthz is 503 from both workers, and from a worker that
+    restarts meanwhile (it gets the verdicts in its setup); it recovers: 200 from all."""
+    state = {"health": 200}
+    health = {**FAST, "rise": 1, "fall": 1}
+    async with _health_app(state) as app:
+        config = {**_config(server_cert, [app.address], health=health), "workers": 2}
+        async with supervised(config, tmp_path) as gp:
+
+            async def answers_after(status: int) -> set[int]:
+                state["health"] = status
+                checks = len(app.requests)  # + 3: one whole check under the new status is done
+                await app.wait_for(lambda: len(app.requests) >= checks + 3)
+                return await _healthz_statuses(gp.address(), ca)
+
+            assert await answers_after(503) == {503}
+            victim = (await gp.stats())["workers"][0]["pid"]
+            os.kill(victim, signal.SIGKILL)
+            await gp.wait_event("worker_restarted")
+            assert await _healthz_statuses(gp.address(), ca) == {503}
+            restarted = await gp.stats()
+            assert await answers_after(200) == {200}
+    served = [
+        w["stats"]["listeners"]["public"]["requests"]["health_checks"] for w in restarted["workers"]
+    ]
+    assert len(served) == 2 and all(n > 0 for n in served), served  # the new worker said 503
+
+
+async def _healthz_statuses(address: str, ca: trustme.CA) -> set[int]:
+    """/healthz on 20 connections at once (the kernel spreads them over the workers)."""
+    statuses: set[int] = set()
+
+    async def one() -> None:
+        statuses.add((await https_request(address, ca=ca, path="/healthz")).status)
+
+    async with trio.open_nursery() as nursery:
+        for _ in range(20):
+            nursery.start_soon(one)
+    return statuses

@@ -11,9 +11,11 @@ import pytest
 import trio
 import trio.testing
 
-from gateproxy.core.config import UpstreamConfig, UpstreamHealthConfig
+from gateproxy.core.config import SessionGuardConfig, UpstreamConfig, UpstreamHealthConfig
+from gateproxy.core.health import HealthBoard
 from gateproxy.core.metrics import UpstreamCounters
-from gateproxy.net.probes import HealthProbe, run_health_checks, watch_server
+from gateproxy.core.session_guard import SessionGuard
+from gateproxy.net.probes import HealthProbe, apply_verdict, run_health_checks, watch_server
 from gateproxy.net.upstream_group import UpstreamGroup
 
 
@@ -22,6 +24,8 @@ class FakeServer:
 
     Modes: ``ok`` (answer ``status``), ``hang`` (read the request, never answer), ``refuse``
     (connect raises), ``close`` (answer, then close without saying so: a stale keep-alive).
+    Like Tomcat, it mints a ``JSESSIONID`` for every request without a known one (``sessions``
+    holds them per server).
     """
 
     def __init__(self, nursery: trio.Nursery) -> None:
@@ -30,16 +34,28 @@ class FakeServer:
         self.status = 200
         self.connections = 0
         self.requests: list[h11.Request] = []
+        self.sessions: dict[str, set[bytes]] = {}
+        self.minted = 0
 
     async def connect(self, server: str) -> trio.abc.Stream:
         if self.mode == "refuse":
             raise OSError(111, "Connection refused")
         client, server_side = trio.testing.memory_stream_pair()
         self.connections += 1
-        self.nursery.start_soon(self._serve, server_side)
+        self.nursery.start_soon(self._serve, server_side, server)
         return client
 
-    async def _serve(self, stream: trio.abc.Stream) -> None:
+    def _session_header(self, request: h11.Request, server: str) -> list[tuple[bytes, bytes]]:
+        known = self.sessions.setdefault(server, set())
+        cookie = dict(request.headers).get(b"cookie", b"")
+        if cookie.startswith(b"JSESSIONID=") and cookie[11:] in known:
+            return []
+        self.minted += 1
+        session = b"S%d" % self.minted
+        known.add(session)
+        return [(b"set-cookie", b"JSESSIONID=" + session + b"; Path=/; HttpOnly")]
+
+    async def _serve(self, stream: trio.abc.Stream, server: str) -> None:
         conn = h11.Connection(h11.SERVER)
         async with stream:
             while True:
@@ -53,6 +69,7 @@ class FakeServer:
                     await trio.sleep_forever()
                 body = b"ok\n"
                 headers = [(b"content-length", b"%d" % len(body))]
+                headers += self._session_header(event, server)
                 out = conn.send(h11.Response(status_code=self.status, headers=headers))
                 out = (out or b"") + (conn.send(h11.Data(data=body)) or b"")
                 out += conn.send(h11.EndOfMessage()) or b""
@@ -94,6 +111,16 @@ async def watch_changes(g: UpstreamGroup, changes: list[tuple[float, bool]]) -> 
         if healthy(g) != state:
             state = healthy(g)
             changes.append((trio.current_time(), state))
+
+
+def watch(g: UpstreamGroup, server: str, connect: Any, **kw: Any) -> Any:
+    """``watch_server`` for ``server`` of ``g``, its verdicts going to ``g``'s balancer."""
+    assert g.config.health is not None
+    on_change = partial(apply_verdict, {g.name: g})
+    return partial(
+        watch_server, g.name, server, g.config.health, board=HealthBoard(), on_change=on_change,
+        connect=connect, **kw,
+    )  # fmt: skip
 
 
 async def test_probe_request_and_keep_alive_reuse(
@@ -173,7 +200,7 @@ async def test_fall_and_rise_timing(
     """Down within fall x interval after the server fails; up again after rise x interval."""
     g = group()
     changes: list[tuple[float, bool]] = []
-    nursery.start_soon(partial(watch_server, g, "10.0.0.1:8080", connect=server.connect))
+    nursery.start_soon(watch(g, "10.0.0.1:8080", server.connect))
     nursery.start_soon(watch_changes, g, changes)
     # checks run at t = 0, 5, 10, ...; the server starts failing at t = 12
     await trio.sleep(12)
@@ -197,7 +224,7 @@ async def test_a_server_dead_at_start_is_down_after_one_check(
 ) -> None:
     server.mode = "refuse"
     g = group()
-    nursery.start_soon(partial(watch_server, g, "10.0.0.1:8080", connect=server.connect))
+    nursery.start_soon(watch(g, "10.0.0.1:8080", server.connect))
     await trio.sleep(0.5)
     assert not healthy(g)
     assert g.balancer.usable_count(now=0.0) == 1
@@ -213,7 +240,10 @@ async def test_run_health_checks_probes_every_server_of_checked_upstreams(
         counters=UpstreamCounters(),
     )
     groups = {"app": checked, "plain": unchecked}
-    await nursery.start(partial(run_health_checks, groups, connect=server.connect))
+    upstreams = {name: g.config for name, g in groups.items()}
+    on_change = partial(apply_verdict, groups)
+    run = partial(run_health_checks, upstreams, board=HealthBoard(), on_change=on_change)
+    await nursery.start(partial(run, connect=server.connect))
     await trio.sleep(11)  # checks at 0, 5, 10 for both servers
     assert len(server.requests) == 6
     assert server.connections == 2
@@ -225,14 +255,53 @@ async def test_run_health_checks_probes_every_server_of_checked_upstreams(
 
 async def test_no_checked_upstream_returns_at_once() -> None:
     with trio.fail_after(1):
-        await run_health_checks({})
+        await run_health_checks({}, board=HealthBoard(), on_change=lambda _v: None)
 
 
-async def test_watch_server_needs_a_health_config() -> None:
-    plain = UpstreamGroup(
-        "plain",
-        UpstreamConfig.model_validate({"servers": ["10.0.0.3:80"]}),
-        counters=UpstreamCounters(),
+# --- the checker is no session leak -------------------------------------------------------------
+
+
+def _cookies(requests: list[h11.Request]) -> list[bytes | None]:
+    return [dict(r.headers).get(b"cookie") for r in requests]
+
+
+async def test_checks_send_back_the_session_the_app_set_and_count_it(
+    server: FakeServer, autojump_clock: trio.testing.MockClock
+) -> None:
+    """50 checks of one server: the app mints one session, every later check carries it."""
+    guard = SessionGuard(SessionGuardConfig())
+    config = UpstreamHealthConfig()
+    probe = HealthProbe("s:1", config=config, connect=server.connect, guard=guard, upstream="app")
+    results = [await probe.check() for _ in range(50)]
+    await probe.aclose()
+    assert all(r.ok for r in results)
+    assert server.sessions == {"s:1": {b"S1"}}
+    assert _cookies(server.requests) == [None] + [b"JSESSIONID=S1"] * 49
+    counters = guard.counters
+    assert (counters.minted, counters.minted_for_probes, counters.minted_by_health_checks) == (
+        1,
+        1,
+        1,
     )
-    with pytest.raises(ValueError, match="has no health config"):
-        await watch_server(plain, "10.0.0.3:80")
+    assert guard.tables()["top_clients"] == [{"client": "gateproxy-health-check", "minted": 1}]
+    assert guard.tables()["pinned"] == {"entries": 1, "max_entries": 10000}
+
+
+async def test_one_session_per_server_and_a_forgotten_one_is_replaced_and_counted(
+    server: FakeServer, nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
+    g = group(interval="1s")
+    guard = SessionGuard(SessionGuardConfig())
+    for address in g.config.servers:
+        nursery.start_soon(watch(g, address, server.connect, guard=guard))
+    await trio.sleep(9.5)  # 10 checks of each server
+    assert {s: len(ids) for s, ids in server.sessions.items()} == {
+        "10.0.0.1:8080": 1,
+        "10.0.0.2:8080": 1,
+    }  # a pin per upstream would make every check of the other server mint one
+    assert guard.counters.minted_by_health_checks == 2
+    server.sessions["10.0.0.1:8080"].clear()  # the app restarted: it forgot the session
+    await trio.sleep(5)
+    assert len(server.sessions["10.0.0.1:8080"]) == 1  # one new session, then kept again
+    assert guard.counters.minted_by_health_checks == 3 and guard.counters.minted == 3
+    assert len(server.requests) == 30 and server.minted == 3
