@@ -169,7 +169,6 @@ class ConnectionMachine:
     def timer(self, *, now: float) -> None:
         """The deadline passed (the pump may call early: nothing happens before ``deadline``)."""
         if now < self.deadline:
-            self._wake_idle()
             return
         phase = self.phase
         if phase == READING:

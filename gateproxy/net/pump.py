@@ -100,7 +100,11 @@ class Pump:
                 if not scope.cancelled_caught:
                     break
                 self._set_idle(False)
-                machine.timer(now=trio.current_time())
+                now = trio.current_time()
+                if now >= scope.deadline:
+                    machine.timer(now=now)
+                else:  # cancelled from outside: a drain woke this idle connection
+                    machine.wake(now=now)
         except Exception as exc:  # a bug of ours: contained to this connection
             await self._internal_error(exc)
             return
