@@ -30,13 +30,18 @@ COMPILED = (
     "h1_heads",
     "h1_server",
     "headers",
+    "health",
     "http_events",
     "limits",
+    "lingering",
     "machine",
+    "pins",
     "policy",
     "request_checks",
     "request_rules",
     "routing",
+    "session_guard",
+    "shared_table",
     "upstream_state",
 )
 _CORE = Path(__file__).resolve().parent / "core"

@@ -33,11 +33,16 @@ from gateproxy.core.http_events import Headers, Request, Response
 MORE: Final = 1  # the head is not complete yet (and not over its size limit)
 UNUSUAL: Final = 2  # not for the fast path: let h11 parse these bytes
 
-_REQUEST_LINE = re.compile(rb"([A-Z][A-Z0-9_-]*) (/[\x21\x22\x24-\x7e]*) HTTP/1\.([01])")
-_STATUS_LINE = re.compile(rb"HTTP/1\.([01]) ([2-5][0-9][0-9])(?: ([\x20-\x7e\t\x80-\xff]*))?")
-_FIELD_BLOCK = re.compile(rb"(?:[!#$%&'*+.^_`|~0-9A-Za-z-]+:[\t\x20-\x7e\x80-\xff]*\r\n)*")
+# Character classes, checked with ``bytes.translate(None, allowed)`` (what is left is not allowed):
+# one C call per field instead of a regex.
+_UPPER = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ"
+_DIGIT = b"0123456789"
+_TOKEN: Final = b"!#$%&'*+-.^_`|~" + _DIGIT + _UPPER + _UPPER.lower()  # RFC 9110 tchar
+_VALUE: Final = bytes([9, *range(0x20, 0x7F), *range(0x80, 0x100)])  # HTAB, VCHAR, SP, obs-text
+_METHOD: Final = _UPPER + _DIGIT + b"_-"
+_TARGET: Final = bytes([0x21, 0x22, *range(0x24, 0x7F)])  # visible ASCII but "#"
+_VERSIONS: Final = {b"HTTP/1.1": b"1.1", b"HTTP/1.0": b"1.0"}
 _HOST = re.compile(rb"(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._~!$&'()*+,;=%-]*)(?::[0-9]*)?")
-_DIGITS = re.compile(rb"[0-9]{1,18}")
 _NOT_FAST_METHODS: Final = frozenset({b"CONNECT", b"TRACE"})
 _NO_BODY_METHODS: Final = frozenset({b"GET", b"HEAD"})
 _REFUSED_REQUEST_HEADERS: Final = frozenset({b"expect", b"upgrade", b"transfer-encoding"})
@@ -87,18 +92,45 @@ def head_end(buf: bytes | bytearray, max_bytes: int) -> int:
 
 def _split_head(buf: bytes | bytearray, end: int) -> tuple[bytes, Headers | None]:
     """The start line and the strictly parsed ``name: value`` fields (names lowercased; None
-    if any field is unusual) of the head ending at ``end``. One regex checks every field line
-    at once: a token name, a colon, a value of visible characters, SP and HTAB, CRLF."""
-    head = bytes(buf[: end - 2])  # every line with its CRLF, without the blank line
-    first = head.find(b"\r\n")
-    block = head[first + 2 :]
-    if _FIELD_BLOCK.fullmatch(block) is None:
-        return head[:first], None
+    if any field is unusual: a name that is not a token, a value with a control character,
+    a bare CR or LF) of the head ending at ``end``."""
+    lines = bytes(buf[: end - 4]).split(b"\r\n")
     headers: Headers = []
-    for line in block.split(b"\r\n")[:-1]:
-        name, _, value = line.partition(b":")
+    for line in lines[1:]:
+        name, colon, value = line.partition(b":")
+        if not colon or not name or name.translate(None, _TOKEN) or value.translate(None, _VALUE):
+            return lines[0], None
         headers.append((name.lower(), value.strip(b" \t")))
-    return head[:first], headers
+    return lines[0], headers
+
+
+def _digits(value: bytes) -> bool:
+    return 0 < len(value) <= 18 and value.isdigit()
+
+
+def _request_line(line: bytes) -> tuple[bytes, bytes, bytes] | None:
+    """(method, target, version) of a plain origin-form request line, or None."""
+    parts = line.split(b" ")
+    if len(parts) != 3:
+        return None
+    method, target, version = parts
+    if not method or method[0] not in _UPPER or method.translate(None, _METHOD):
+        return None
+    if not target.startswith(b"/") or target.translate(None, _TARGET):
+        return None
+    number = _VERSIONS.get(version)
+    return None if number is None else (method, target, number)
+
+
+def _status_line(line: bytes) -> tuple[bytes, int, bytes] | None:
+    """(version, status 200-599, reason) of a plain status line, or None."""
+    number = _VERSIONS.get(line[:8])
+    code = line[9:12]
+    if number is None or line[8:9] != b" " or not code.isdigit() or code[0] not in b"2345":
+        return None
+    if len(line) > 12 and (line[12] != 0x20 or line[13:].translate(None, _VALUE)):
+        return None
+    return number, int(code), line[13:]
 
 
 def _tokens(value: bytes) -> list[bytes]:
@@ -111,13 +143,13 @@ def parse_request_head(buf: bytes | bytearray, *, max_bytes: int) -> RequestHead
     if end < 0:
         return -end
     start, headers = _split_head(buf, end)
-    line = _REQUEST_LINE.fullmatch(start)
-    if line is None:
+    line = _request_line(start)
+    if line is None or headers is None:
         return UNUSUAL
-    method = line.group(1)
-    if method in _NOT_FAST_METHODS or headers is None:
+    method, target, version = line
+    if method in _NOT_FAST_METHODS:
         return UNUSUAL
-    http10 = line.group(3) == b"0"
+    http10 = version == b"1.0"
     hosts = 0
     length = -1
     keep_alive = not http10
@@ -127,7 +159,7 @@ def parse_request_head(buf: bytes | bytearray, *, max_bytes: int) -> RequestHead
             if _HOST.fullmatch(value) is None:
                 return UNUSUAL
         elif name == b"content-length":
-            if length >= 0 or _DIGITS.fullmatch(value) is None:
+            if length >= 0 or not _digits(value):
                 return UNUSUAL
             length = int(value)
         elif name == b"connection":
@@ -140,12 +172,7 @@ def parse_request_head(buf: bytes | bytearray, *, max_bytes: int) -> RequestHead
             return UNUSUAL
     if (hosts > 1 if http10 else hosts != 1) or (length > 0 and method in _NO_BODY_METHODS):
         return UNUSUAL
-    request = Request(
-        method=method,
-        target=line.group(2),
-        headers=headers,
-        http_version=b"1.0" if http10 else b"1.1",
-    )
+    request = Request(method=method, target=target, headers=headers, http_version=version)
     return RequestHead(request, end, max(length, 0), keep_alive)
 
 
@@ -158,15 +185,15 @@ def parse_response_head(
     if end < 0:
         return -end
     start, headers = _split_head(buf, end)
-    line = _STATUS_LINE.fullmatch(start)
+    line = _status_line(start)
     if line is None or headers is None:
         return UNUSUAL
-    status = int(line.group(2))
+    version, status, reason = line
     length = -1
-    keep_alive = line.group(1) == b"1"
+    keep_alive = version == b"1.1"
     for name, value in headers:
         if name == b"content-length":
-            if length >= 0 or _DIGITS.fullmatch(value) is None:
+            if length >= 0 or not _digits(value):
                 return UNUSUAL
             length = int(value)
         elif name == b"transfer-encoding":
@@ -177,23 +204,18 @@ def parse_response_head(
         length = 0
     elif length < 0:
         return UNUSUAL  # read-until-close framing: h11's job
-    response = Response(
-        status_code=status,
-        headers=headers,
-        reason=line.group(3) or b"",
-        http_version=b"1." + line.group(1),
-    )
+    response = Response(status_code=status, headers=headers, reason=reason, http_version=version)
     return ResponseHead(response, end, length, keep_alive)
 
 
 def _write_fields(parts: list[bytes], headers: Headers) -> None:
     # h11 writes Host first, then every other field in order.
-    for item in headers:
-        if item[0] == b"host":
-            parts.append(b"%s: %s\r\n" % item)
-    for item in headers:
-        if item[0] != b"host":
-            parts.append(b"%s: %s\r\n" % item)
+    for name, value in headers:
+        if name == b"host":
+            parts += (name, b": ", value, b"\r\n")
+    for name, value in headers:
+        if name != b"host":
+            parts += (name, b": ", value, b"\r\n")
     parts.append(b"\r\n")
 
 
@@ -228,7 +250,7 @@ def content_length(headers: Headers) -> int:
         if name == b"transfer-encoding":
             return -2
         if name == b"content-length":
-            if length >= 0 or _DIGITS.fullmatch(value) is None:
+            if length >= 0 or not _digits(value):
                 return -2
             length = int(value)
     return length

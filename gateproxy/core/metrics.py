@@ -71,6 +71,7 @@ LIMIT_NAMES = (
     "max_connections_per_client",
 )
 RESPONSE_CLASSES = ("1xx", "2xx", "3xx", "4xx", "5xx")
+_STATUS_CLASSES = {int(name[0]): name for name in RESPONSE_CLASSES}
 UPSTREAM_FAILURE_REASONS = ("connect", "timeout", "protocol", "reset")
 SESSION_CACHE_FIELDS = ("entries", "max_entries", "hits", "misses", "evictions", "expired")
 TICKET_FIELDS = ("issued", "renewed", "rejected")
@@ -106,7 +107,7 @@ class ListenerCounters:
 
     def response(self, status: int) -> None:
         """Count one response sent downstream, by status class (``"2xx"``...)."""
-        key = f"{status // 100}xx"
+        key = _STATUS_CLASSES.get(status // 100) or f"{status // 100}xx"
         self.responses_by_class[key] = self.responses_by_class.get(key, 0) + 1
 
 
