@@ -209,6 +209,9 @@ class ServerConnection:
                 self.our_state = SEND_RESPONSE
         elif type(event) is EndOfMessage or isinstance(event, EndOfMessage):
             self.their_state = DONE
+            self.waiting_for_100_continue = False  # (as h11: the body came unasked)
+        elif type(event) is Data:
+            self.waiting_for_100_continue = False
         elif event is CONNECTION_CLOSED:
             self.their_state = CLOSED
         return event
