@@ -261,7 +261,7 @@ class ServerConnection:
         need_close = False
         if framing != _LENGTH:
             headers = without(headers, b"content-length")
-            if self.their_http_version != b"1.1":
+            if self.their_http_version is None or self.their_http_version < b"1.1":
                 headers = without(headers, b"transfer-encoding")
                 need_close = method != b"HEAD"
                 framing = _UNTIL_CLOSE
@@ -333,7 +333,8 @@ class ServerConnection:
 
 
 def _keeps_alive(request: Request) -> bool:
-    return request.http_version == b"1.1" and not _has_close(request.headers)
+    # As h11 (and RFC 9110 2.5): a later 1.x minor version is read as 1.1.
+    return request.http_version >= b"1.1" and not _has_close(request.headers)
 
 
 def _has_close(headers: Headers) -> bool:
