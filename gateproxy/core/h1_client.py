@@ -133,18 +133,16 @@ class ClientConnection:
     # --- receiving --------------------------------------------------------------------------
 
     def receive_data(self, data: bytes) -> None:
-        """Bytes from the server; ``b""`` means it closed the connection."""
+        """Bytes from the server; ``b""`` means it closed the connection (a body cut short
+        is an error from ``next_event``, once the bytes before the end are read, as in h11)."""
         self.bytes_received += len(data)
         if not data:
             self._eof = True
         if self._h11 is not None:
             self._fed += len(data)
             slow.receive(self._h11, data)
-            return
-        if data:
+        elif data:
             self._buf += data
-        elif self._body_left > 0:
-            raise HTTPProtocolError("peer closed connection mid-body")
 
     def next_event(self) -> Event:
         """The next event from the server, or NEED_DATA / PAUSED."""
