@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import socket
+import struct
 from collections.abc import AsyncIterator
 
 import trio
@@ -20,3 +22,36 @@ async def tcp_pair() -> AsyncIterator[SocketPair]:
         server = await listener.accept()
     async with server, client:
         yield server, client
+
+
+def small_buffers(sender: trio.SocketStream, receiver: trio.SocketStream) -> None:
+    """Shrink the kernel buffers between the two ends, so that a write of a few hundred KiB
+    blocks until the receiver reads (a receive window much smaller than 64 KiB would make
+    loopback TCP stall on delayed ACKs)."""
+    sender.socket.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 16384)
+    receiver.socket.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+
+
+async def receive_exactly(stream: trio.SocketStream, size: int) -> bytes:
+    """``size`` bytes from ``stream`` (fewer only if it ends first), within 5 s."""
+    data = bytearray()
+    with trio.fail_after(5):
+        while len(data) < size:
+            chunk = await stream.receive_some(size - len(data))
+            if not chunk:
+                break
+            data += chunk
+    return bytes(data)
+
+
+async def reset(stream: trio.SocketStream) -> None:
+    """Close ``stream`` with a TCP reset (SO_LINGER 0) instead of a FIN."""
+    stream.socket.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    await stream.aclose()
+
+
+async def readable(fd: int) -> None:
+    """Wait (at most 5 s) until something (bytes, an end of file, a reset) is waiting on
+    ``fd``, so that a read which must not wait finds it."""
+    with trio.fail_after(5):
+        await trio.lowlevel.wait_readable(fd)
