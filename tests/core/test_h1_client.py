@@ -36,10 +36,12 @@ from gateproxy.core.http_events import (
 from gateproxy.errors import HTTPProtocolError
 from tests.helpers.h1_streams import (
     SOMETIMES,
+    H11Side,
     describe,
     feeds,
     key_property,
     merge_data,
+    next_fed,
     response_message,
 )
 
@@ -73,10 +75,9 @@ class Ours:
         self.conn.start_next_cycle()
 
 
-class Reference:
+class Reference(H11Side):
     def __init__(self) -> None:
-        self.conn = h11.Connection(h11.CLIENT, max_incomplete_event_size=MAX_RESPONSE_HEAD)
-        self.fed = 0
+        super().__init__(h11.Connection(h11.CLIENT, max_incomplete_event_size=MAX_RESPONSE_HEAD))
         self.cycle_start = 0
 
     def send(self, method: bytes, headers: Headers, body: bytes) -> bytes:
@@ -85,17 +86,8 @@ class Reference:
         out += (conn.send(h11.Data(data=body)) or b"") if body else b""
         return out + (conn.send(h11.EndOfMessage()) or b"")
 
-    def receive(self, data: bytes) -> None:
-        self.fed += len(data)
-        self.conn.receive_data(data)
-
-    def next_event(self) -> Any:
-        event = self.conn.next_event()
-        assert event is not h11.PAUSED
-        return None if event is h11.NEED_DATA else event
-
     def head_size(self) -> int:  # every head of the exchange so far, 1xx ones included
-        return self.fed - len(self.conn.trailing_data[0]) - self.cycle_start
+        return self.consumed() - self.cycle_start
 
     def reusable(self) -> bool:
         # h11 would start a new cycle with bytes left over; a client has nothing to read
@@ -106,7 +98,7 @@ class Reference:
 
     def next_cycle(self) -> None:
         self.conn.start_next_cycle()
-        self.cycle_start = self.fed
+        self.cycle_start = self.consumed()
 
 
 def transcript(side: Ours | Reference, exchanges: list[Exchange]) -> list[Any]:
@@ -117,20 +109,15 @@ def transcript(side: Ours | Reference, exchanges: list[Exchange]) -> list[Any]:
         for method, headers, body, groups in exchanges:
             out.append(("sent", side.send(method, headers, body)))
             pending = list(groups)
-            while True:
-                event = side.next_event()
-                if event is None:
-                    if not pending:
-                        return [*out, ("need-data",)]
-                    for piece in pending.pop(0):
-                        side.receive(piece)
-                    continue
+            while (event := next_fed(side, pending)) is not None:
                 entry = describe(event)
                 if entry[0] in ("Response", "InformationalResponse"):
                     entry = (*entry, side.head_size())
                 merge_data(out, entry)
                 if entry[0] == "EndOfMessage":
                     break
+            else:
+                return [*out, ("need-data",)]
             out.append(("reusable", side.reusable()))
             if not side.reusable():
                 return out

@@ -35,10 +35,12 @@ from gateproxy.core.request_rules import raw_head_problem, reject_reason
 from gateproxy.errors import HTTPProtocolError
 from tests.helpers.h1_streams import (
     SOMETIMES,
+    H11Side,
     describe,
     feeds,
     key_property,
     merge_data,
+    next_fed,
     request_message,
 )
 
@@ -96,28 +98,15 @@ class Ours:
         self.conn.start_next_cycle()
 
 
-class Reference:
+class Reference(H11Side):
     """A plain h11 server connection, driven the same way."""
 
     def __init__(self, max_header_bytes: int) -> None:
-        self.conn = h11.Connection(h11.SERVER, max_incomplete_event_size=max_header_bytes)
-        self.fed = 0
+        super().__init__(h11.Connection(h11.SERVER, max_incomplete_event_size=max_header_bytes))
         self.cycle_start = 0
 
-    def _consumed(self) -> int:
-        return self.fed - len(self.conn.trailing_data[0])
-
-    def receive(self, data: bytes) -> None:
-        self.fed += len(data)
-        self.conn.receive_data(data)
-
-    def next_event(self) -> Any:
-        event = self.conn.next_event()
-        assert event is not h11.PAUSED
-        return None if event is h11.NEED_DATA else event
-
     def head_size(self) -> int:
-        return self._consumed() - self.cycle_start
+        return self.consumed() - self.cycle_start
 
     def waiting(self) -> bool:
         return bool(self.conn.they_are_waiting_for_100_continue)
@@ -139,7 +128,7 @@ class Reference:
 
     def next_cycle(self) -> None:
         self.conn.start_next_cycle()
-        self.cycle_start = self._consumed()
+        self.cycle_start = self.consumed()
 
 
 def hint(exc: Exception) -> int:
@@ -154,17 +143,10 @@ def transcript(side: Ours | Reference, groups: list[list[bytes]], send_100: bool
     Continue when ``send_100`` and the client waits, then one small answer per request),
     whether the connection is kept, and how it ends."""
     out: list[Any] = []
-    groups = list(groups)
+    pending = list(groups)
     method = b""
     try:
-        while True:
-            event = side.next_event()
-            if event is None:
-                if not groups:
-                    return [*out, ("need-data",)]
-                for piece in groups.pop(0):
-                    side.receive(piece)
-                continue
+        while (event := next_fed(side, pending)) is not None:
             entry = describe(event)
             if entry[0] == "Request":
                 method = entry[1]
@@ -183,6 +165,7 @@ def transcript(side: Ours | Reference, groups: list[list[bytes]], send_100: bool
                 merge_data(out, entry)
     except (HTTPProtocolError, h11.RemoteProtocolError) as exc:
         return [*out, ("error", hint(exc))]
+    return [*out, ("need-data",)]
 
 
 @st.composite

@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import itertools
 import re
-from typing import Any
+from typing import Any, Protocol
 
+import h11
 from hypothesis import settings
 from hypothesis import strategies as st
 
@@ -209,6 +210,46 @@ def feeds(draw: st.DrawFn, data: bytes, *, max_cuts: int = 6) -> list[list[bytes
         else:
             groups.append([b""])
     return groups
+
+
+class Side(Protocol):
+    """One parser in a differential test (ours or h11's) behind the same small interface;
+    ``next_event`` gives None when it needs more data."""
+
+    def receive(self, data: bytes) -> None: ...
+    def next_event(self) -> Any: ...
+
+
+class H11Side:
+    """The h11 reference of a differential test: NEED_DATA as None, and the bytes it has
+    consumed (for head sizes: ``consumed()`` at the end of a head, less at a cycle's start)."""
+
+    def __init__(self, conn: h11.Connection) -> None:
+        self.conn = conn
+        self.fed = 0
+
+    def receive(self, data: bytes) -> None:
+        self.fed += len(data)
+        self.conn.receive_data(data)
+
+    def next_event(self) -> Any:
+        event = self.conn.next_event()
+        assert event is not h11.PAUSED  # (only asked before the end of each message)
+        return None if event is h11.NEED_DATA else event
+
+    def consumed(self) -> int:
+        return self.fed - len(self.conn.trailing_data[0])
+
+
+def next_fed(side: Side, pending: list[list[bytes]]) -> Any:
+    """``side``'s next event, feeding it the next group of ``pending`` pieces each time it
+    needs data; None once it needs data and nothing is left."""
+    while (event := side.next_event()) is None:
+        if not pending:
+            return None
+        for piece in pending.pop(0):
+            side.receive(piece)
+    return event
 
 
 def describe(event: Any) -> tuple[Any, ...]:

@@ -5,9 +5,10 @@ from __future__ import annotations
 import contextlib
 import socket
 import struct
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import trio
+import trio.testing
 
 SocketPair = tuple[trio.SocketStream, trio.SocketStream]
 
@@ -55,3 +56,22 @@ async def readable(fd: int) -> None:
     ``fd``, so that a read which must not wait finds it."""
     with trio.fail_after(5):
         await trio.lowlevel.wait_readable(fd)
+
+
+async def cancel_when_blocked(send: Callable[[bytes], Awaitable[object]], data: bytes) -> None:
+    """Start ``send(data)``, and cancel it once it waits for the kernel to take more."""
+    with trio.CancelScope() as scope:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(send, data)
+            await trio.testing.wait_all_tasks_blocked()
+            scope.cancel()
+    assert scope.cancelled_caught
+
+
+async def send_while_reading(
+    send: Callable[[bytes], Awaitable[object]], data: bytes, peer: trio.SocketStream, size: int
+) -> bytes:
+    """``send(data)`` while the peer reads ``size`` bytes; what the peer read."""
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(send, data)
+        return await receive_exactly(peer, size)

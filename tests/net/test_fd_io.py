@@ -15,9 +15,11 @@ import trio.testing
 from gateproxy.net.fd_io import CHECKPOINT_EVERY, FdIO
 from tests.helpers.sockets import (
     SocketPair,
+    cancel_when_blocked,
     readable,
     receive_exactly,
     reset,
+    send_while_reading,
     small_buffers,
     tcp_pair,
 )
@@ -45,9 +47,7 @@ async def test_write_nowait_takes_what_the_kernel_takes_and_write_all_sends_the_
     assert io.write_nowait(data) is False and io.unsent
     data[:] = b"x" * len(data)  # the caller may reuse its buffer: the rest was copied
     assert io.write_nowait(b"tail") is False  # queued behind the rest, in order
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(io.write_all, b"")
-        assert await receive_exactly(peer, len(BIG) + 4) == BIG + b"tail"
+    assert await send_while_reading(io.write_all, b"", peer, len(BIG) + 4) == BIG + b"tail"
     assert not io.unsent
 
 
@@ -55,15 +55,9 @@ async def test_a_write_cancelled_while_blocked_keeps_its_rest_for_the_next_write
     pair: tuple[FdIO, trio.SocketStream],
 ) -> None:
     io, peer = pair
-    with trio.CancelScope() as scope:
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(io.write_all, BIG)
-            await trio.testing.wait_all_tasks_blocked()  # the kernel is full: it waits
-            scope.cancel()
-    assert scope.cancelled_caught and io.unsent
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(io.write_all, b"next")
-        assert await receive_exactly(peer, len(BIG) + 4) == BIG + b"next"
+    await cancel_when_blocked(io.write_all, BIG)
+    assert io.unsent
+    assert await send_while_reading(io.write_all, b"next", peer, len(BIG) + 4) == BIG + b"next"
     assert not io.unsent
 
 

@@ -13,7 +13,15 @@ import trio
 import trio.testing
 
 from gateproxy.net.plain_stream import PlainStream
-from tests.helpers.sockets import readable, receive_exactly, reset, small_buffers, tcp_pair
+from tests.helpers.sockets import (
+    cancel_when_blocked,
+    readable,
+    receive_exactly,
+    reset,
+    send_while_reading,
+    small_buffers,
+    tcp_pair,
+)
 
 BIG = b"p" * (512 * 1024)
 
@@ -66,16 +74,10 @@ async def test_a_cancelled_send_leaves_its_rest_for_the_next_one(
     pair: tuple[PlainStream, trio.SocketStream],
 ) -> None:
     stream, client = pair
-    with trio.CancelScope() as scope:
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(stream.send_all, BIG)
-            await trio.testing.wait_all_tasks_blocked()
-            scope.cancel()
-    assert scope.cancelled_caught and stream.unsent
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(stream.send_all, b"end")
-        assert await receive_exactly(client, len(BIG) + 3) == BIG + b"end"
-    assert not stream.unsent
+    await cancel_when_blocked(stream.send_all, BIG)
+    assert stream.unsent
+    sent = await send_while_reading(stream.send_all, b"end", client, len(BIG) + 3)
+    assert sent == BIG + b"end" and not stream.unsent
 
 
 async def test_wait_send_all_might_not_block_returns_when_there_is_room(
