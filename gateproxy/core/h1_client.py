@@ -11,6 +11,13 @@ One object lives as long as one upstream connection; the shell keeps the socket,
 protocol state and the few facts the request path decides on: ``server``, ``reused`` (it came
 from the keep-alive pool), ``requests_served`` and ``bytes_received`` in this exchange (a reused
 connection that fails before any response byte may be retried).
+
+Where it differs from an h11 client connection, on purpose (tests/core/test_h1_client.py drives
+both with the same bytes and checks they agree on everything else): ``max_head`` bounds every
+head, complete or not, and all the heads of one exchange together (1xx ones included), where
+h11 bounds each incomplete head; :meth:`reusable` is False when the server sent bytes after the
+response or closed its side (h11 would start the next cycle with them); after a fast-path
+response, :meth:`next_event` says PAUSED until :meth:`start_next_cycle`.
 """
 
 from __future__ import annotations
@@ -133,18 +140,16 @@ class ClientConnection:
     # --- receiving --------------------------------------------------------------------------
 
     def receive_data(self, data: bytes) -> None:
-        """Bytes from the server; ``b""`` means it closed the connection."""
+        """Bytes from the server; ``b""`` means it closed the connection (a body cut short
+        is an error from ``next_event``, once the bytes before the end are read, as in h11)."""
         self.bytes_received += len(data)
         if not data:
             self._eof = True
         if self._h11 is not None:
             self._fed += len(data)
             slow.receive(self._h11, data)
-            return
-        if data:
+        elif data:
             self._buf += data
-        elif self._body_left > 0:
-            raise HTTPProtocolError("peer closed connection mid-body")
 
     def next_event(self) -> Event:
         """The next event from the server, or NEED_DATA / PAUSED."""

@@ -15,6 +15,19 @@ A head is bounded by ``max_header_bytes`` on both paths (h11 bounds only incompl
 the size of every head is measured here: :attr:`head_size`). For the request rules that look at
 raw bytes (``core.request_rules.raw_head_problem``), :meth:`raw_head` returns the head as it
 arrived; a head the fast parser accepted has nothing for them to find.
+
+Where it differs from an h11 server connection, on purpose (tests/core/test_h1_server.py drives
+both with the same bytes and checks they agree on everything else):
+
+* Once the request is complete (``their_state`` DONE), :meth:`next_event` says PAUSED until
+  :meth:`start_next_cycle`; h11 says NEED_DATA while nothing is buffered, and
+  ConnectionClosed at end of file. Here the close shows as :attr:`client_closed` at once, and
+  as ConnectionClosed in the next cycle.
+* :meth:`send_informational` writes the standard reason phrase (``100 Continue``); h11 writes
+  whatever reason its caller passes.
+* Header names are lowercase, as everywhere in ``core.http_events``: ``send_response``
+  recognises the framing fields (Content-Length, Transfer-Encoding, Connection) by their
+  lowercase names, where h11 would lowercase them first.
 """
 
 from __future__ import annotations
@@ -209,6 +222,9 @@ class ServerConnection:
                 self.our_state = SEND_RESPONSE
         elif type(event) is EndOfMessage or isinstance(event, EndOfMessage):
             self.their_state = DONE
+            self.waiting_for_100_continue = False  # (as h11: the body came unasked)
+        elif type(event) is Data:
+            self.waiting_for_100_continue = False
         elif event is CONNECTION_CLOSED:
             self.their_state = CLOSED
         return event
@@ -258,7 +274,7 @@ class ServerConnection:
         need_close = False
         if framing != _LENGTH:
             headers = without(headers, b"content-length")
-            if self.their_http_version != b"1.1":
+            if self.their_http_version is None or self.their_http_version < b"1.1":
                 headers = without(headers, b"transfer-encoding")
                 need_close = method != b"HEAD"
                 framing = _UNTIL_CLOSE
@@ -330,7 +346,8 @@ class ServerConnection:
 
 
 def _keeps_alive(request: Request) -> bool:
-    return request.http_version == b"1.1" and not _has_close(request.headers)
+    # As h11 (and RFC 9110 2.5): a later 1.x minor version is read as 1.1.
+    return request.http_version >= b"1.1" and not _has_close(request.headers)
 
 
 def _has_close(headers: Headers) -> bool:
