@@ -33,14 +33,28 @@ from gateproxy.core.http_events import Headers, Request, Response
 MORE: Final = 1  # the head is not complete yet (and not over its size limit)
 UNUSUAL: Final = 2  # not for the fast path: let h11 parse these bytes
 
-# Character classes, checked with ``bytes.translate(None, allowed)`` (what is left is not allowed):
-# one C call per field instead of a regex.
+# Character classes as translation tables: allowed bytes map to 1, others to 0, so
+# ``0 not in data.translate(table)`` checks a whole string in one C pass (faster than a
+# regex, and far faster than translate's ``delete`` argument, which builds a table per call).
 _UPPER = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ"
 _DIGIT = b"0123456789"
-_TOKEN: Final = b"!#$%&'*+-.^_`|~" + _DIGIT + _UPPER + _UPPER.lower()  # RFC 9110 tchar
-_VALUE: Final = bytes([9, *range(0x20, 0x7F), *range(0x80, 0x100)])  # HTAB, VCHAR, SP, obs-text
-_METHOD: Final = _UPPER + _DIGIT + b"_-"
-_TARGET: Final = bytes([0x21, 0x22, *range(0x24, 0x7F)])  # visible ASCII but "#"
+
+
+def _table(allowed: bytes) -> bytes:
+    return bytes(1 if c in allowed else 0 for c in range(256))
+
+
+_TOKEN: Final = _table(b"!#$%&'*+-.^_`|~" + _DIGIT + _UPPER + _UPPER.lower())  # RFC 9110 tchar
+_VALUE_CHARS = bytes([9, *range(0x20, 0x7F), *range(0x80, 0x100)])  # HTAB, VCHAR, SP, obs-text
+_VALUE: Final = _table(_VALUE_CHARS)
+_FIELDS: Final = _table(_VALUE_CHARS + b"\r\n")  # a block of field lines (CRLF checked apart)
+_METHOD: Final = _table(_UPPER + _DIGIT + b"_-")
+_TARGET: Final = _table(bytes([0x21, 0x22, *range(0x24, 0x7F)]))  # visible ASCII but "#"
+
+
+def _only(data: bytes, table: bytes) -> bool:
+    """Every byte of ``data`` is allowed by ``table``."""
+    return 0 not in data.translate(table)  # (an int: a bytes needle costs a TypeError first)
 _VERSIONS: Final = {b"HTTP/1.1": b"1.1", b"HTTP/1.0": b"1.0"}
 _HOST = re.compile(rb"(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._~!$&'()*+,;=%-]*)(?::[0-9]*)?")
 _NOT_FAST_METHODS: Final = frozenset({b"CONNECT", b"TRACE"})
@@ -83,8 +97,8 @@ def head_end(buf: bytes | bytearray, max_bytes: int) -> int:
     if (
         len(buf) >= max_bytes
         or (len(buf) > 0 and buf[0] < 0x21)  # h11 refuses such a start at once
-        or b"\n\n" in buf
-        or b"\n\r\n" in buf
+        or buf.find(b"\n\n") >= 0
+        or buf.find(b"\n\r\n") >= 0
     ):
         return -UNUSUAL  # too big, bad start, or ended by a bare LF: h11 and request_rules decide
     return -MORE
@@ -94,14 +108,21 @@ def _split_head(buf: bytes | bytearray, end: int) -> tuple[bytes, Headers | None
     """The start line and the strictly parsed ``name: value`` fields (names lowercased; None
     if any field is unusual: a name that is not a token, a value with a control character,
     a bare CR or LF) of the head ending at ``end``."""
-    lines = bytes(buf[: end - 4]).split(b"\r\n")
+    head = bytes(buf[: end - 4])
+    first = head.find(b"\r\n")
+    if first < 0:
+        return head, []
+    block = head[first + 2 :]
+    crlf = block.count(b"\r\n")
+    if not _only(block, _FIELDS) or block.count(b"\r") != crlf or block.count(b"\n") != crlf:
+        return head[:first], None  # a control character, or a bare CR or LF
     headers: Headers = []
-    for line in lines[1:]:
+    for line in block.split(b"\r\n"):
         name, colon, value = line.partition(b":")
-        if not colon or not name or name.translate(None, _TOKEN) or value.translate(None, _VALUE):
-            return lines[0], None
+        if not colon or not name or not _only(name, _TOKEN):
+            return head[:first], None
         headers.append((name.lower(), value.strip(b" \t")))
-    return lines[0], headers
+    return head[:first], headers
 
 
 def _digits(value: bytes) -> bool:
@@ -114,9 +135,9 @@ def _request_line(line: bytes) -> tuple[bytes, bytes, bytes] | None:
     if len(parts) != 3:
         return None
     method, target, version = parts
-    if not method or method[0] not in _UPPER or method.translate(None, _METHOD):
+    if not method or method[0] not in _UPPER or not _only(method, _METHOD):
         return None
-    if not target.startswith(b"/") or target.translate(None, _TARGET):
+    if not target.startswith(b"/") or not _only(target, _TARGET):
         return None
     number = _VERSIONS.get(version)
     return None if number is None else (method, target, number)
@@ -128,7 +149,7 @@ def _status_line(line: bytes) -> tuple[bytes, int, bytes] | None:
     code = line[9:12]
     if number is None or line[8:9] != b" " or not code.isdigit() or code[0] not in b"2345":
         return None
-    if len(line) > 12 and (line[12] != 0x20 or line[13:].translate(None, _VALUE)):
+    if len(line) > 12 and (line[12] != 0x20 or not _only(line[13:], _VALUE)):
         return None
     return number, int(code), line[13:]
 
