@@ -222,6 +222,9 @@ class LimitsConfig(_Model):
     lingering_time: PositiveDuration = 30.0
     lingering_timeout: PositiveDuration = 5.0
     lingering_max_bytes: PositiveSize = 16 * 1024 * 1024
+    # Upgraded (WebSocket) connections: core.upgrade.
+    websocket_idle_timeout: PositiveDuration = 3600.0
+    max_upgraded_connections: PositiveInt = 1000
 
 
 class ProbeLimitsConfig(_Model):
@@ -263,6 +266,7 @@ class RouteConfig(_Model):
     path_prefix: UrlPath = "/"
     host: str | None = None  # exact host, or "*.example.com"
     upstream: str
+    websocket: bool = True  # forward Upgrade requests (core.upgrade); False: 403
 
 
 class ListenerConfig(_Model):

@@ -8,7 +8,9 @@ machine's upstream buffer, and relays: request body pieces the machine hands it 
 the response comes back through :meth:`upstream_data`. Each method returns a code telling the
 machine what happened: :data:`PENDING`, :data:`COMPLETE` (the response was relayed whole),
 :data:`ANSWER` (nothing reached the client: answer ``error_status`` locally) or :data:`ABORT`
-(a response had started: cut the client connection, so a truncated body never looks complete).
+(a response had started: cut the client connection, so a truncated body never looks complete)
+or :data:`SWITCHED` (an upgrade request was answered ``101``: its head is relayed and the
+connection becomes a ``core.upgrade.Tunnel``).
 
 Failure rules (nginx users' expectations):
 
@@ -42,6 +44,7 @@ from gateproxy.core.http_events import (
     Request,
     Response,
 )
+from gateproxy.core.upgrade import switched_headers
 from gateproxy.core.upstream_state import UpstreamState
 from gateproxy.errors import HTTPProtocolError
 
@@ -49,6 +52,7 @@ PENDING: Final = 0
 COMPLETE: Final = 1
 ANSWER: Final = 2
 ABORT: Final = 3
+SWITCHED: Final = 4
 
 # Ways an established upstream connection fails (upstream_broken).
 BROKEN_RESET: Final = 0  # reset / unexpected EOF / send failed
@@ -83,6 +87,7 @@ class Exchange:
         "response_started",
         "server",
         "status",
+        "upgrade",
         "upload_done",
         "upstream",
     )
@@ -101,8 +106,10 @@ class Exchange:
         close_client: bool,
         guard: GuardContext | None,
         date: bytes,
+        upgrade: bytes | None = None,
     ) -> None:
         self.request = request
+        self.upgrade = upgrade  # the protocol an upgrade request asks for (core.upgrade)
         self.headers = headers
         self.has_body = has_body
         self.upstream = upstream
@@ -217,7 +224,10 @@ class Exchange:
                 return self._complete(conn)
             elif isinstance(event, InformationalResponse):
                 if event.status_code == 101:
-                    raise HTTPProtocolError("protocol upgrade is not supported")
+                    if self.upgrade is None:  # (h11 already refuses a 101 nobody asked for)
+                        raise HTTPProtocolError("101 Switching Protocols without an upgrade")
+                    self._switched_head(event, now=now)
+                    return SWITCHED
                 # other 1xx: gateproxy already answered the client's Expect itself
             else:
                 raise HTTPProtocolError(f"unexpected {event!r}")
@@ -226,27 +236,42 @@ class Exchange:
         if not self.upload_done:
             self.keep_client = False  # answered before the upload ended: neither is reusable
             self.close_client = True
-        headers = response.headers
-        if self._guard is not None:
-            g = self._guard
-            action = g.guard.on_response(
-                request_headers=g.fields,
-                response_headers=headers,
-                path=g.path,
-                client=g.client,
-                is_probe=g.is_probe,
-                method=g.method,
-                now=now - g.clock_offset,
-                listener=g.listener,
-                scope=self.upstream.name,
-            )
-            headers = action.apply(headers)
-        headers = client_headers(headers, close=self.close_client, date=self.date)
+        headers = client_headers(
+            self._guarded(response.headers, now=now), close=self.close_client, date=self.date
+        )
         self._out_client += self._server.send_response(
             response.status_code, response.reason, headers
         )
         self.status = response.status_code
         self.response_started = True
+
+    def _switched_head(self, response: InformationalResponse, *, now: float) -> None:
+        """Relay a 101 (the guard sees its Set-Cookie like any response's)."""
+        rewritten = client_headers(self._guarded(response.headers, now=now), close=False, date=b"")
+        headers = switched_headers(response.headers, rewritten)
+        self._out_client += self._server.send_informational(101, headers)
+        self.status = 101
+        self.response_started = True
+        self.response_done = True
+        self.keep_client = False
+        self.upstream.balancer.report_success(self.server)
+
+    def _guarded(self, headers: Headers, *, now: float) -> Headers:
+        g = self._guard
+        if g is None:
+            return headers
+        action = g.guard.on_response(
+            request_headers=g.fields,
+            response_headers=headers,
+            path=g.path,
+            client=g.client,
+            is_probe=g.is_probe,
+            method=g.method,
+            now=now - g.clock_offset,
+            listener=g.listener,
+            scope=self.upstream.name,
+        )
+        return action.apply(headers)
 
     def _complete(self, conn: ClientConnection) -> int:
         self.response_done = True

@@ -135,7 +135,7 @@ class GuardContext:
 class Forward:
     """A request ready to go upstream: where, with which head, and the guard's observer."""
 
-    __slots__ = ("guard", "has_body", "headers", "upstream")
+    __slots__ = ("guard", "has_body", "headers", "upstream", "websocket")
 
     def __init__(
         self,
@@ -144,11 +144,13 @@ class Forward:
         headers: Headers,
         has_body: bool,
         guard: GuardContext | None,
+        websocket: bool = True,
     ) -> None:
         self.upstream = upstream
         self.headers = headers
         self.has_body = has_body
         self.guard = guard
+        self.websocket = websocket  # the route allows upgrades (core.upgrade)
 
 
 def prepare_forward(
@@ -194,4 +196,10 @@ def prepare_forward(
             clock_offset=policy.service.shared_clock_offset,
         )
         headers = context.pin(headers, scope=upstream.name, now=now)
-    return Forward(upstream=upstream, headers=headers, has_body=has_body, guard=context)
+    return Forward(
+        upstream=upstream,
+        headers=headers,
+        has_body=has_body,
+        guard=context,
+        websocket=route.websocket,
+    )

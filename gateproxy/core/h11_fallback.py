@@ -52,8 +52,9 @@ def client_parser(request: Request, *, max_header_bytes: int) -> h11.Connection:
 
 
 def _framing_only(headers: Headers) -> list[tuple[bytes, bytes]]:
-    # h11 needs Host and the request's own framing to track the exchange; nothing else of it.
-    keep = (b"host", b"content-length", b"transfer-encoding", b"connection")
+    # h11 needs Host and the request's own framing to track the exchange (and Upgrade, so a
+    # 101 answers a proposal: core.upgrade); nothing else of it.
+    keep = (b"host", b"content-length", b"transfer-encoding", b"connection", b"upgrade")
     out = [(n, v) for n, v in headers if n in keep]
     if not any(n == b"host" for n, _ in out):
         out.append((b"host", b"upstream"))

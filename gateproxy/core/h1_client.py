@@ -233,6 +233,16 @@ class ClientConnection:
             self.their_state = DONE
         return event
 
+    def switched_data(self) -> tuple[bytes, bool]:
+        """After a ``101 Switching Protocols`` (an upgrade the request proposed): the bytes that
+        came after its head, which belong to the new protocol, and whether the server closed.
+        A 101 always takes the h11 path (the fast parser takes final responses only)."""
+        conn = self._h11
+        if conn is None or conn.their_state is not h11.SWITCHED_PROTOCOL:
+            raise RuntimeError("switched_data before a 101 Switching Protocols")
+        trailing, closed = conn.trailing_data
+        return bytes(trailing), closed or self._eof
+
     def consumed_head_bytes(self) -> int:
         """Bytes received in this exchange that are not parsed yet (a head still arriving)."""
         if self._h11 is not None:

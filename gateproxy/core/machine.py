@@ -23,6 +23,12 @@ A connection goes through these phases, for each request:
 * after the response, keep-alive continues when both sides allow it and no limit ends the
   connection; whether this response closes the connection is decided once, when its request
   starts (so a limit is counted once).
+* an upgrade request (``core.upgrade``) the route allows, under ``max_upgraded_connections``,
+  is forwarded with its upgrade headers; when the upstream answers ``101`` the connection is
+  ``UPGRADED``: a :class:`~gateproxy.core.upgrade.Tunnel` relays bytes both ways (the pump
+  waits on both peers) until either side closes or ``websocket_idle_timeout`` passes with
+  nothing moving. It is the connection's last request; its upstream connection is never
+  pooled (the pump closes it when the connection ends).
 
 The connection ends in a ``wait`` state: ``CLOSE_NOTIFY`` (a clean end: TLS close_notify, then
 close), ``ABORT`` (a response was cut: no close_notify, so a truncated body never looks
@@ -44,7 +50,15 @@ from gateproxy.core.actions import (
     PassThrough,
 )
 from gateproxy.core.config import HealthCheckConfig
-from gateproxy.core.exchange import ABORT, ANSWER, BROKEN_RESET, BROKEN_TIMEOUT, COMPLETE, Exchange
+from gateproxy.core.exchange import (
+    ABORT,
+    ANSWER,
+    BROKEN_RESET,
+    BROKEN_TIMEOUT,
+    COMPLETE,
+    SWITCHED,
+    Exchange,
+)
 from gateproxy.core.forwarding import Forward, prepare_forward
 from gateproxy.core.h1_client import ClientConnection
 from gateproxy.core.h1_server import ServerConnection
@@ -68,6 +82,13 @@ from gateproxy.core.request_checks import (
     head_refusal,
     protocol_refusal,
 )
+from gateproxy.core.upgrade import (
+    CLOSED,
+    Tunnel,
+    requested_upgrade,
+    upgrade_refusal,
+    upstream_upgrade_headers,
+)
 from gateproxy.errors import HTTPProtocolError
 
 # What the pump waits for next (bit flags), and the final states.
@@ -84,6 +105,7 @@ LOCAL_BODY: Final = 1
 HEALTH_WAIT: Final = 2
 FORWARD: Final = 3
 ENDED: Final = 4
+UPGRADED: Final = 5
 
 
 class ConnectionMachine:
@@ -115,11 +137,17 @@ class ConnectionMachine:
         self._bytes_sent = 0
         self._drained = 0
         self._pending: HealthAnswer | HealthCheckConfig | None = None
+        self.tunnel: Tunnel | None = None  # once UPGRADED
+        self._upgrade_slot = False  # counted in counters.upgrades_open (core.upgrade)
+        self._tunnel_upstream = ""
 
     # --- events -----------------------------------------------------------------------------
 
     def client_data(self, data: bytes, *, now: float) -> None:
         """Bytes read from the client (``b""``: it closed its side)."""
+        if self.phase == UPGRADED:
+            self._tunnel_code(self._tunneled().client_data(data, now=now), now)
+            return
         self.server.receive_data(data)
         if self.phase in (LOCAL_BODY, FORWARD):
             self._read_body(now)
@@ -136,6 +164,9 @@ class ConnectionMachine:
     def upstream_failed(self, *, connected: bool, timeout: bool, now: float) -> None:
         """Connecting failed (``connected=False``), or the connection broke (reset, EOF while
         sending, send timeout)."""
+        if self.phase == UPGRADED:
+            self._tunnel_end(ABORT_CONNECTION, now)
+            return
         exchange = self.exchange
         assert exchange is not None
         if connected:
@@ -148,6 +179,9 @@ class ConnectionMachine:
 
     def upstream_data(self, data: bytes, *, now: float) -> None:
         """Bytes read from the upstream (``b""``: it closed)."""
+        if self.phase == UPGRADED:
+            self._tunnel_code(self._tunneled().upstream_data(data, now=now), now)
+            return
         exchange = self.exchange
         assert exchange is not None
         self._exchange_code(exchange.upstream_data(data, now=now), now)
@@ -160,6 +194,9 @@ class ConnectionMachine:
 
     def client_gone(self, *, now: float) -> None:
         """The client reset the connection or a write to it failed."""
+        if self.phase == UPGRADED:
+            self._tunnel_end(ABORT_CONNECTION, now)
+            return
         if self.exchange is not None:
             self.exchange.abandon()
         if self._request is not None and self.phase != ENDED:
@@ -182,6 +219,9 @@ class ConnectionMachine:
                 self._client_timeout(now)
             else:
                 self._exchange_code(exchange.timed_out(now=now), now)
+        elif phase == UPGRADED:
+            self._enforce("websocket_idle_timeout")
+            self._tunnel_end(CLOSE_NOTIFY, now)
         self._settle(now)
 
     def wake(self, *, now: float) -> None:
@@ -313,9 +353,22 @@ class ConnectionMachine:
             return
         if not plan.has_body:
             self._consume_end_of_body()
+        headers = plan.headers
+        upgrade = requested_upgrade(request)
+        if upgrade is not None:
+            counters = self.policy.counters
+            refused = upgrade_refusal(
+                route_allows=plan.websocket, upgraded=counters.upgrades_open, limits=self.limits
+            )
+            if refused is not None:
+                self._refuse(refused, now)
+                return
+            headers = upstream_upgrade_headers(headers, upgrade)
+            counters.upgrades_open += 1
+            self._upgrade_slot = True
         exchange = Exchange(
             request=request,
-            headers=plan.headers,
+            headers=headers,
             has_body=plan.has_body,
             upstream=plan.upstream,
             server_conn=self.server,
@@ -325,6 +378,7 @@ class ConnectionMachine:
             close_client=self._close_after,
             guard=plan.guard,
             date=self.policy.service.date,
+            upgrade=upgrade,
         )
         self.exchange = exchange
         self.phase = FORWARD
@@ -391,6 +445,50 @@ class ConnectionMachine:
             self._bytes_sent = exchange.bytes_sent
             self._log(0, now, upstream=exchange.server)
             self._end(ABORT_CONNECTION)
+        elif code == SWITCHED:
+            self._switch(exchange, now)
+
+    # --- an upgraded connection -------------------------------------------------------------
+
+    def _switch(self, exchange: Exchange, now: float) -> None:
+        """The upstream answered 101: from now on, bytes go through as they are."""
+        conn = exchange.conn
+        assert conn is not None
+        counters = self.policy.counters
+        counters.response(101)
+        counters.upgrades_total += 1
+        self.exchange = None
+        self.phase = UPGRADED
+        self._tunnel_upstream = exchange.server
+        tunnel = self.tunnel = Tunnel(
+            out_client=self.out_client,
+            out_upstream=self.out_upstream,
+            idle_timeout=self.limits.websocket_idle_timeout,
+            now=now,
+        )
+        from_upstream, upstream_closed = conn.switched_data()
+        from_client = self.server.buffered()  # sent after the request, before the 101
+        if from_client:
+            tunnel.client_data(from_client, now=now)
+        if from_upstream:
+            tunnel.upstream_data(from_upstream, now=now)
+        if upstream_closed or self.server.client_closed:
+            self._tunnel_end(CLOSE_NOTIFY, now)
+
+    def _tunneled(self) -> Tunnel:
+        tunnel = self.tunnel
+        assert tunnel is not None
+        return tunnel
+
+    def _tunnel_code(self, code: int, now: float) -> None:
+        if code == CLOSED:  # what the other side still has to get leaves first (the pump)
+            self._tunnel_end(CLOSE_NOTIFY, now)
+        self._update_wait()
+
+    def _tunnel_end(self, how: int, now: float) -> None:
+        self._bytes_sent = self._tunneled().bytes_to_client
+        self._log(101, now, upstream=self._tunnel_upstream)
+        self._end(how)
 
     # --- local answers ----------------------------------------------------------------------
 
@@ -494,6 +592,7 @@ class ConnectionMachine:
         self._end(CLOSE_NOTIFY if self.linger is None else LINGER)
 
     def _log(self, status: int, now: float, *, upstream: str = "") -> None:
+        self._release_upgrade_slot()  # every request ends here, whichever way it ends
         request = self._request
         if request is None:
             return
@@ -509,6 +608,16 @@ class ConnectionMachine:
             )
         )
         self._request = None
+
+    def _release_upgrade_slot(self) -> None:
+        if self._upgrade_slot:
+            self._upgrade_slot = False
+            self.policy.counters.upgrades_open -= 1
+
+    def closed(self) -> None:
+        """The shell let the connection go, however it ended (a bug, a cancellation): give
+        back what it held."""
+        self._release_upgrade_slot()
 
     def _enforce(self, reason: str) -> None:
         self.actions.append(Enforced(reason))
@@ -526,6 +635,9 @@ class ConnectionMachine:
             self.wait = WAIT_CLIENT
         elif phase == HEALTH_WAIT:
             self.wait = WAIT_ACTIONS
+        elif phase == UPGRADED:
+            self.wait = WAIT_BOTH
+            self.deadline = self._tunneled().deadline
         else:
             exchange = self.exchange
             assert exchange is not None
@@ -542,7 +654,7 @@ class ConnectionMachine:
 
     @property
     def response_started(self) -> bool:
-        return self.server.response_started
+        return self.tunnel is not None or self.server.response_started
 
     def take_actions(self) -> list[Action]:
         """The actions to execute now (the list the exchange appends to is kept)."""

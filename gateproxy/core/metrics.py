@@ -69,6 +69,8 @@ LIMIT_NAMES = (
     "max_body_bytes",
     "max_connections",
     "max_connections_per_client",
+    "websocket_idle_timeout",
+    "max_upgraded_connections",
 )
 RESPONSE_CLASSES = ("1xx", "2xx", "3xx", "4xx", "5xx")
 _STATUS_CLASSES = {int(name[0]): name for name in RESPONSE_CLASSES}
@@ -96,6 +98,10 @@ class ListenerCounters:
     responses_by_class: dict[str, int] = field(default_factory=lambda: _zeros(RESPONSE_CLASSES))
     limits: dict[str, int] = field(default_factory=lambda: _zeros(LIMIT_NAMES))
     lingering_closes: dict[str, int] = field(default_factory=lambda: _zeros(LINGER_ENDINGS))
+    # Upgrades (core.upgrade): forwarded and not ended yet (waiting for the 101, or upgraded);
+    # 101s relayed.
+    upgrades_open: int = 0
+    upgrades_total: int = 0
 
     def lingered(self, ending: str) -> None:
         """Count one lingering close by how it ended (``core.lingering.LINGER_ENDINGS``)."""
@@ -211,6 +217,7 @@ def _listener_tree(
         },
         "limits": dict(counters.limits),
         "lingering_closes": dict(counters.lingering_closes),
+        "upgrades": {"open": counters.upgrades_open, "total": counters.upgrades_total},
     }
     handshakes = counters.handshakes_full + counters.handshakes_resumed + counters.handshakes_failed
     if engine is not None or handshakes:

@@ -36,6 +36,14 @@ FAMILIES: dict[str, tuple[str, str]] = {
         "Connections closed after reading and discarding what the client still sent, by how "
         "that ended.",
     ),
+    "upgraded_connections_open": (
+        "gauge",
+        "Upgrade (WebSocket) requests forwarded and not ended yet: awaiting the 101, or relaying.",
+    ),
+    "upgraded_connections_total": (
+        "counter",
+        "Connections upgraded (101 Switching Protocols relayed), e.g. WebSocket.",
+    ),
     "tls_handshakes_total": ("counter", "TLS handshakes, by kind (full, resumed, failed)."),
     "tls_session_cache_entries": ("gauge", "TLS sessions held in the server session cache."),
     "tls_session_cache_max_entries": ("gauge", "Capacity of the TLS session cache (hard cap)."),
@@ -144,6 +152,8 @@ _LISTENER_PATHS = {
     "connections_rejected_total": ("connections", "rejected"),
     "requests_total": ("requests", "total"),
     "health_checks_total": ("requests", "health_checks"),
+    "upgraded_connections_open": ("upgrades", "open"),
+    "upgraded_connections_total": ("upgrades", "total"),
 }
 
 

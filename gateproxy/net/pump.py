@@ -111,6 +111,7 @@ class Pump:
         finally:
             self._set_idle(False)
             self._drop_upstream()
+            machine.closed()
         await self._close(machine.wait)
 
     # --- the loop ---------------------------------------------------------------------------

@@ -40,7 +40,7 @@ def _config(server_cert: CertPaths, servers: list[str], **upstream: object) -> d
         ("close_before_response", 502),
         ("reset", 502),
         ("huge_headers", 502),
-        ("switching_protocols", 502),  # protocol upgrades are not supported (yet)
+        ("switching_protocols", 502),  # a 101 to a request that asked for no upgrade
         ("stall_headers", 504),
     ],
 )
