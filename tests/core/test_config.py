@@ -368,3 +368,19 @@ def test_tls_defaults() -> None:
     data = _with("listeners.0.tls.session_id_context", "00FF")
     tls = load_config_data(data).listeners[0].tls
     assert tls is not None and tls.session_id_context == "00ff"
+
+
+def test_websocket_keys_default_like_nginx_and_are_validated() -> None:
+    listener = load_config_data(GOOD).listeners[0]
+    assert listener.routes[0].websocket is True
+    assert listener.limits.websocket_idle_timeout == 3600.0
+    assert listener.limits.max_upgraded_connections == 1000
+    tuned = load_config_data(_with("listeners[0].limits.websocket_idle_timeout", "90s"))
+    assert tuned.listeners[0].limits.websocket_idle_timeout == 90.0
+    for path, value in [
+        ("listeners[0].routes[0].websocket", "maybe"),
+        ("listeners[0].limits.websocket_idle_timeout", "0s"),
+        ("listeners[0].limits.max_upgraded_connections", 0),
+    ]:
+        problems = _problems(_with(path, value))
+        assert len(problems) == 1 and problems[0].startswith(f"gp.yaml: {path}: "), problems

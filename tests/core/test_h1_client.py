@@ -330,3 +330,33 @@ def test_informational_heads_count_toward_max_head() -> None:
     assert conn.head_size == 2 * len(hints)  # the bound is on all heads of the exchange
     with pytest.raises(HTTPProtocolError, match="larger than 64 bytes"):
         conn.next_event()
+
+
+# --- upgrades (core.upgrade) --------------------------------------------------------------------
+
+_UPGRADE_HEADERS: Headers = [(b"host", b"app"), (b"connection", b"upgrade"), (b"upgrade", b"ws")]
+_SWITCH = b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: ws\r\nConnection: Upgrade\r\n\r\n"
+
+
+def test_a_101_to_a_proposed_upgrade_hands_over_the_bytes_after_it() -> None:
+    conn = ClientConnection(server="app:80")
+    conn.send_request(b"GET", b"/ws", _UPGRADE_HEADERS)
+    conn.send_end()
+    with pytest.raises(RuntimeError):
+        conn.switched_data()  # nothing switched yet
+    conn.receive_data(_SWITCH + b"\x81\x02hi")
+    event = conn.next_event()
+    assert isinstance(event, InformationalResponse) and event.status_code == 101
+    assert conn.next_event() is PAUSED and conn.head_size == len(_SWITCH)
+    assert conn.switched_data() == (b"\x81\x02hi", False)
+    conn.receive_data(b"")
+    assert conn.switched_data() == (b"\x81\x02hi", True)
+    assert not conn.reusable()
+
+
+def test_a_101_nobody_proposed_is_a_protocol_error() -> None:
+    conn = ClientConnection(server="app:80")
+    get(conn)
+    conn.receive_data(_SWITCH)
+    with pytest.raises(HTTPProtocolError):
+        conn.next_event()
