@@ -278,3 +278,12 @@ def test_the_upgrade_is_the_connections_last_request() -> None:
     play.client(GET)  # after the 101 this is the new protocol's data, not a request
     assert play.to_upstream() == GET and play.to_client() == b""
     assert len(play.of(Acquire)) == 1
+
+
+def test_a_connection_the_shell_lets_go_gives_its_slot_back_once() -> None:
+    play = _upgraded()
+    counters = play.metrics.listener("public")
+    assert counters.upgrades_open == 1
+    play.machine.closed()  # cancelled (a drain's deadline), or a bug of ours in the pump
+    play.machine.closed()
+    assert counters.upgrades_open == 0
