@@ -51,6 +51,7 @@ from gateproxy.net.admin import open_admin_listeners, serve_admin
 from gateproxy.net.fleet_health import FleetHealth
 from gateproxy.net.key_rings import SupervisorKeys
 from gateproxy.net.listen_slots import ListenError, ListenSlots, slot_key
+from gateproxy.net.procinfo import start_time
 from gateproxy.net.workers import (
     WorkerHandle,
     gather_stats,
@@ -375,6 +376,9 @@ class Supervisor:
         trees = await gather_stats(handles, max_wait=STATS_TIMEOUT)
         answered = [h for h in handles if h in trees]
         merged = merge_stats([trees[h] for h in answered])
+        process = merged.get("process")
+        if isinstance(process, dict):  # the process systemd started: the service's start time
+            process["start_time_s"] = start_time()
         self.fleet.add_stats(merged)
         merged["supervisor"] = {
             "pid": os.getpid(),
