@@ -69,7 +69,7 @@ def _header(headers: Sequence[tuple[bytes, bytes]], name: bytes) -> bytes:
 
 def iso_time(now: float) -> str:
     """``now`` (Unix seconds) as ISO 8601 UTC with milliseconds: ``2023-11-14T22:13:20.250Z``."""
-    millis = int(round(now * 1000))
+    millis = round(now * 1000)
     seconds, millis = divmod(millis, 1000)
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + f".{millis:03d}Z"
 
@@ -161,11 +161,11 @@ class AccessLog:
         now = self._clock()
         user_agent = user_agent or _header(headers, b"user-agent")
         if self.config.format == "combined":
+            referer = referer or _header(headers, b"referer")
             stamp = time.strftime("%d/%b/%Y:%H:%M:%S +0000", time.gmtime(now))
             line = (
                 f'{client} - - [{stamp}] "{_escape(method)} {_escape(target)} HTTP/1.1" '
-                f'{status} {bytes_sent} "{_escape(referer or _header(headers, b"referer")) or "-"}" '
-                f'"{_escape(user_agent) or "-"}"'
+                f'{status} {bytes_sent} "{_escape(referer) or "-"}" "{_escape(user_agent) or "-"}"'
             )
         else:
             line = json.dumps(

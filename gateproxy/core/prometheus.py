@@ -103,7 +103,10 @@ FAMILIES: dict[str, tuple[str, str]] = {
         "gauge",
         "Start time of the gateproxy process since the Unix epoch, in seconds.",
     ),
-    "build_info": ("gauge", "Always 1; the labels name gateproxy's, Python's and OpenSSL's version."),
+    "build_info": (
+        "gauge",
+        "Always 1; the labels name gateproxy's, Python's and OpenSSL's version.",
+    ),
     "workers_configured": ("gauge", "Worker processes the supervisor is configured to run."),
     "worker_restarts_total": ("counter", "Worker processes restarted after an unexpected exit."),
     "reloads_total": ("counter", "Configuration reloads (SIGHUP) applied."),

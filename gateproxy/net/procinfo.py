@@ -61,9 +61,7 @@ def build_info() -> dict[str, str]:
     }
 
 
-def process_info(
-    *, started_at_monotonic: float, now: float | None = None
-) -> dict[str, object]:
+def process_info(*, started_at_monotonic: float, now: float | None = None) -> dict[str, object]:
     """This process's resident memory (bytes), open descriptors, uptime (seconds), start time
     (Unix seconds) and build versions.
 
