@@ -7,6 +7,7 @@ with every problem on its own line (file and dotted key path).
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from collections.abc import Sequence
@@ -66,6 +67,10 @@ def _parser() -> argparse.ArgumentParser:
     )
     add_gen_cert_arguments(gen)
     gen.set_defaults(func=_cmd_gen_cert)
+    schema = sub.add_parser(
+        "schema", help="print the config's JSON Schema (for editors: yaml-language-server)"
+    )
+    schema.set_defaults(func=_cmd_schema)
     keys = sub.add_parser("keys", help="session-ticket key files")
     keys_sub = keys.add_subparsers(dest="keys_command", required=True)
     new = keys_sub.add_parser("new", help="write a fresh ticket key file (mode 0600)")
@@ -158,6 +163,13 @@ def _cmd_gen_cert(args: argparse.Namespace) -> int:
     from gateproxy.certgen import gen_cert_command
 
     return gen_cert_command(args)
+
+
+def _cmd_schema(_args: argparse.Namespace) -> int:
+    from gateproxy.core.config_schema import config_schema
+
+    print(json.dumps(config_schema(), indent=2, sort_keys=True))
+    return 0
 
 
 def _cmd_keys_new(args: argparse.Namespace) -> int:

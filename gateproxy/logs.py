@@ -39,8 +39,8 @@ import os
 import random as _random
 import sys
 import time
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
 
 from gateproxy.core.config import AccessLogConfig
 
@@ -49,6 +49,29 @@ KINDS = frozenset({"request", "health", "probe"})
 SAMPLED_KINDS = frozenset({"health", "probe"})
 #: Mode of a newly created access-log file (before the umask): client addresses are personal data.
 FILE_MODE = 0o640
+
+
+class ConnectionTLS(NamedTuple):
+    """What the access log says of a connection's TLS (read once per connection)."""
+
+    version: str  # "TLSv1.3"
+    cipher: str  # "TLS_AES_256_GCM_SHA384"
+    resumed: bool
+    sni: str  # the server name the client asked for, "" when it sent none
+
+
+def _header(headers: Sequence[tuple[bytes, bytes]], name: bytes) -> bytes:
+    for key, value in headers:
+        if key == name:
+            return value
+    return b""
+
+
+def iso_time(now: float) -> str:
+    """``now`` (Unix seconds) as ISO 8601 UTC with milliseconds: ``2023-11-14T22:13:20.250Z``."""
+    millis = round(now * 1000)
+    seconds, millis = divmod(millis, 1000)
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + f".{millis:03d}Z"
 
 
 class AccessLog:
@@ -123,16 +146,22 @@ class AccessLog:
         kind: str = "request",
         referer: bytes = b"",
         user_agent: bytes = b"",
+        headers: Sequence[tuple[bytes, bytes]] = (),
+        tls: ConnectionTLS | None = None,
     ) -> None:
         """Log one request (or not: see the module docstring for kinds and sampling).
 
         ``kind`` is ``"request"``, ``"health"`` or ``"probe"`` (anything else: ValueError).
-        ``referer`` and ``user_agent`` fill the last two fields of the ``combined`` format.
+        ``referer`` and ``user_agent`` fill the last two fields of the ``combined`` format;
+        when left out they come from ``headers`` (the request's, lowercase names), which
+        also give the JSON line its ``host``. ``tls`` is the connection's (None: plain HTTP).
         """
         if not self.wanted(kind):
             return
         now = self._clock()
+        user_agent = user_agent or _header(headers, b"user-agent")
         if self.config.format == "combined":
+            referer = referer or _header(headers, b"referer")
             stamp = time.strftime("%d/%b/%Y:%H:%M:%S +0000", time.gmtime(now))
             line = (
                 f'{client} - - [{stamp}] "{_escape(method)} {_escape(target)} HTTP/1.1" '
@@ -151,6 +180,13 @@ class AccessLog:
                     "bytes": bytes_sent,
                     "upstream": upstream,
                     "duration_s": round(duration, 6),
+                    "time_iso": iso_time(now),
+                    "host": _text(_header(headers, b"host")),
+                    "user_agent": _text(user_agent),
+                    "sni": tls.sni if tls is not None else None,
+                    "tls_version": tls.version if tls is not None else None,
+                    "cipher": tls.cipher if tls is not None else None,
+                    "tls_resumed": tls.resumed if tls is not None else None,
                 },
                 separators=(",", ":"),
             )

@@ -51,6 +51,8 @@ from gateproxy.net.admin import open_admin_listeners, serve_admin
 from gateproxy.net.fleet_health import FleetHealth
 from gateproxy.net.key_rings import SupervisorKeys
 from gateproxy.net.listen_slots import ListenError, ListenSlots, slot_key
+from gateproxy.net.procinfo import start_time
+from gateproxy.net.sd_notify import notify, reloading_fields
 from gateproxy.net.workers import (
     WorkerHandle,
     gather_stats,
@@ -153,6 +155,7 @@ class Supervisor:
                 workers=self.current.size,
                 pid=os.getpid(),
             )
+            notify("READY=1", f"STATUS={self._status()}", f"MAINPID={os.getpid()}")
             task_status.started(self)
             await self._stop.wait()
             await self._drain()
@@ -165,7 +168,13 @@ class Supervisor:
         if self._stop_count > 1:
             self._further_stop.set()
 
+    def _status(self) -> str:
+        """The ``STATUS=`` line for ``systemctl status``."""
+        gen = self.current
+        return f"serving: generation {gen.number}, {gen.size} worker(s)"
+
     async def _drain(self) -> None:
+        notify("STOPPING=1", "STATUS=stopping: draining in-flight requests")
         self.slots.close_all()  # our copies; each worker closes its own when it stops accepting
         handles = self._live_workers()
         for handle in handles:
@@ -277,27 +286,36 @@ class Supervisor:
     async def reload(self) -> bool:
         """Re-read the config file and switch to it (see the module docstring); True if done."""
         async with self._reload_lock:
-            admin: list[trio.SocketListener] = []
+            notify(*reloading_fields(status="reloading"))
             try:
-                config, text = load_and_check(self.path)
-                gen = Generation(self.current.number + 1, config, text)
-                if config.admin is not None and config.admin != self.current.config.admin:
-                    admin = await open_admin_listeners(config.admin.bind)  # busy: fail here
-                from_files = self.keys.prepare(config, now=trio.current_time())
-                started = await self._start_generation(gen)
-            except (ConfigError, ListenError) as exc:
-                _close(admin)
-                return self._reload_failed(_problem_lines(exc))
-            if not started:
-                _close(admin)
-                await stop_all(list(gen.workers.values()), grace=5.0)
-                self.fleet.forget(gen.number)
-                self.slots.keep_only(self.current.wanted_sockets())
-                return self._reload_failed(["the new workers did not start (see above)"])
-            await self._switch_to(gen, admin=admin)
-            for name in from_files:  # once per listener, not once per worker
-                event("ticket_keys_reloaded", listener=name, keys=self.keys.prefixes(name))
-            return True
+                done = await self._reload()
+            finally:  # applied or refused, the service runs (systemd waits for READY=1)
+                notify("READY=1", f"STATUS={self._status()}")
+            return done
+
+    async def _reload(self) -> bool:
+        """:meth:`reload` without telling systemd."""
+        admin: list[trio.SocketListener] = []
+        try:
+            config, text = load_and_check(self.path)
+            gen = Generation(self.current.number + 1, config, text)
+            if config.admin is not None and config.admin != self.current.config.admin:
+                admin = await open_admin_listeners(config.admin.bind)  # busy: fail here
+            from_files = self.keys.prepare(config, now=trio.current_time())
+            started = await self._start_generation(gen)
+        except (ConfigError, ListenError) as exc:
+            _close(admin)
+            return self._reload_failed(_problem_lines(exc))
+        if not started:
+            _close(admin)
+            await stop_all(list(gen.workers.values()), grace=5.0)
+            self.fleet.forget(gen.number)
+            self.slots.keep_only(self.current.wanted_sockets())
+            return self._reload_failed(["the new workers did not start (see above)"])
+        await self._switch_to(gen, admin=admin)
+        for name in from_files:  # once per listener, not once per worker
+            event("ticket_keys_reloaded", listener=name, keys=self.keys.prefixes(name))
+        return True
 
     def _commit(self, gen: Generation) -> None:
         """From now on a worker of ``gen`` that dies is restarted."""
@@ -375,6 +393,9 @@ class Supervisor:
         trees = await gather_stats(handles, max_wait=STATS_TIMEOUT)
         answered = [h for h in handles if h in trees]
         merged = merge_stats([trees[h] for h in answered])
+        process = merged.get("process")
+        if isinstance(process, dict):  # the process systemd started: the service's start time
+            process["start_time_s"] = start_time()
         self.fleet.add_stats(merged)
         merged["supervisor"] = {
             "pid": os.getpid(),

@@ -19,6 +19,7 @@ knows, or a placeholder without a value, fails: a newly documented command needs
 
 from __future__ import annotations
 
+import json
 import re
 import shlex
 import shutil
@@ -42,7 +43,18 @@ REPO = Path(__file__).resolve().parents[1]
 PROGRAM = re.compile(r"^(?:\S*/)?gateproxy$")
 PYTHON = re.compile(r"^(?:\S*/)?python[\d.]*$")
 SHELL_OPERATORS = {"&&", "||", ";", "|"}
-SUBCOMMANDS = {"run", "check", "reload", "demo", "gen-cert", "keys", "--version", "--help", "-h"}
+SUBCOMMANDS = {
+    "run",
+    "check",
+    "reload",
+    "demo",
+    "gen-cert",
+    "keys",
+    "schema",
+    "--version",
+    "--help",
+    "-h",
+}
 
 # Values for the placeholders of a synopsis, by (option before it, placeholder).
 PLACEHOLDERS = {
@@ -368,6 +380,12 @@ def _is_port_option(argv: list[str], i: int) -> bool:
     return argv[i].startswith(options) or (i > 0 and argv[i - 1] in options)
 
 
+async def _schema(command: DocCommand, argv: list[str], sandbox: Sandbox) -> None:
+    done = await _gateproxy(command, argv, sandbox)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["title"] == "gateproxy configuration"
+
+
 async def _about(command: DocCommand, argv: list[str], sandbox: Sandbox) -> None:
     done = await _gateproxy(command, argv, sandbox)
     assert done.returncode == 0, done.stderr
@@ -389,6 +407,7 @@ HANDLERS: dict[str, Handler] = {
     "run": _run,
     "reload": _reload,
     "demo": _demo,
+    "schema": _schema,
     "--version": _about,
     "--help": _about,
     "-h": _about,

@@ -18,7 +18,7 @@ import trustme
 from prometheus_client.parser import text_string_to_metric_families
 
 from gateproxy.core.config import Config
-from gateproxy.core.prometheus import FAMILIES, PREFIX
+from gateproxy.core.prometheus import FAMILIES, exported_name
 from tests.conftest import CertPaths, _write_leaf
 from tests.helpers.clients import https_request
 from tests.helpers.proxy import tls_listener
@@ -161,6 +161,12 @@ PLACEHOLDERS = {
     "listeners.<listener>.limits": "<limit>",
     "listeners.<listener>.requests.responses": "<class>",
     "upstreams.<upstream>.failures": "<reason>",
+    "listeners.<listener>.tls.handshakes.by_version": "<version>",
+    **{
+        f"{parent}.latency.{histogram}.buckets": "<le>"
+        for parent in ("listeners.<listener>", "upstreams.<upstream>")
+        for histogram in ("request_seconds", "first_byte_seconds")
+    },
 }
 LEAVES = {"workers[].stats"}
 
@@ -201,7 +207,7 @@ def test_every_stats_path_is_documented_and_every_documented_path_is_served(
     assert actual - documented == set(), "served but not in docs/interfaces.md"
     assert documented - actual == set(), "in docs/interfaces.md but not served"
     prose = set(ticked(section("`/stats`")))
-    for placeholder in ("<limit>", "<class>", "<reason>"):
+    for placeholder in ("<limit>", "<class>", "<reason>", "<le>", "<version>"):
         assert names[placeholder] <= prose, (placeholder, names[placeholder] - prose)
 
 
@@ -231,8 +237,8 @@ def test_every_metric_family_is_documented_with_its_type_and_labels(
         labels = {label for sample in family.samples for label in sample.labels}
         rendered[name] = (family.type, labels)
     assert rendered == documented
-    assert set(documented) == {PREFIX + name for name in FAMILIES}  # the renderer's whole table
-    assert {PREFIX + n: kind for n, (kind, _) in FAMILIES.items()} == {
+    assert set(documented) == {exported_name(n) for n in FAMILIES}  # the renderer's whole table
+    assert {exported_name(n): kind for n, (kind, _) in FAMILIES.items()} == {
         n: kind for n, (kind, _) in documented.items()
     }
 

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from gateproxy.core.config import AccessLogConfig
-from gateproxy.logs import AccessLog
+from gateproxy.logs import AccessLog, ConnectionTLS, iso_time
 
 NOW = 1_700_000_000.25  # 2023-11-14T22:13:20.25Z
 
@@ -66,6 +66,13 @@ def test_json_line_has_every_field_and_the_kind(tmp_path: Path) -> None:
             "bytes": 123,
             "upstream": "127.0.0.1:8080",
             "duration_s": 0.012346,
+            "time_iso": "2023-11-14T22:13:20.250Z",
+            "host": "",
+            "user_agent": "",
+            "sni": None,
+            "tls_version": None,
+            "cipher": None,
+            "tls_resumed": None,
         }
     ]
     assert stat.S_IMODE(path.stat().st_mode) & 0o007 == 0  # not world-readable
@@ -85,6 +92,44 @@ def test_combined_format_is_nginx_combined(tmp_path: Path) -> None:
     # the usual combined-format regex (GoAccess, fail2ban...) reads every line
     combined = re.compile(r'^\S+ \S+ \S+ \[[^]]+\] "[^"]*" \d{3} \d+ "[^"]*" "[^"]*"$')
     assert all(combined.match(line) for line in path.read_text().splitlines())
+
+
+def test_json_line_names_host_user_agent_and_the_connections_tls(tmp_path: Path) -> None:
+    path = tmp_path / "access.log"
+    log = AccessLog(AccessLogConfig(path=str(path)), clock=lambda: NOW)
+    headers = [(b"host", b"app.example"), (b"user-agent", b"curl/8.5.0"), (b"accept", b"*/*")]
+    tls = ConnectionTLS(version="TLSv1.3", cipher="TLS_AES_128_GCM_SHA256", resumed=True, sni="a")
+    _request(log, headers=headers, tls=tls)
+    log.close()
+    [line] = _lines(path)
+    assert {k: line[k] for k in ("host", "user_agent", "sni", "tls_version", "cipher")} == {
+        "host": "app.example",
+        "user_agent": "curl/8.5.0",
+        "sni": "a",
+        "tls_version": "TLSv1.3",
+        "cipher": "TLS_AES_128_GCM_SHA256",
+    }
+    assert line["tls_resumed"] is True
+
+
+def test_combined_format_takes_referer_and_user_agent_from_the_headers(tmp_path: Path) -> None:
+    path = tmp_path / "access.log"
+    log = AccessLog(AccessLogConfig(path=str(path), format="combined"), clock=lambda: NOW)
+    _request(log, headers=[(b"referer", b"https://r.test/"), (b"user-agent", b"ua/1")])
+    log.close()
+    assert path.read_text().endswith(' 200 123 "https://r.test/" "ua/1"\n')
+
+
+@pytest.mark.parametrize(
+    ("now", "text"),
+    [
+        (0.0, "1970-01-01T00:00:00.000Z"),
+        (NOW, "2023-11-14T22:13:20.250Z"),
+        (1_700_000_000.9996, "2023-11-14T22:13:21.000Z"),  # rounding carries into the second
+    ],
+)
+def test_iso_time_is_utc_with_milliseconds(now: float, text: str) -> None:
+    assert iso_time(now) == text
 
 
 @pytest.mark.parametrize("kind", ["health", "probe"])

@@ -86,7 +86,8 @@ def test_start_is_validated_first_and_runs_the_same_config(
     assert pre[0] == start[0] and Path(start[0]).is_absolute()
     assert (pre[1], start[1]) == ("check", "run")
     assert _config_path(one(service, "ExecStartPre")) == _config_path(one(service, "ExecStart"))
-    assert one(service, "Type") == "exec"  # no sd_notify support: notify would time out
+    assert one(service, "Type") == "notify"  # the supervisor sends READY=1 (net/sd_notify.py)
+    assert values(service, "NotifyAccess") in ([], ["main"])  # the supervisor is the main pid
 
 
 def test_reload_validates_then_sends_hup_to_the_main_process(

@@ -11,6 +11,7 @@ final ``wait`` state (``CLOSE_NOTIFY``, ``ABORT``, ``LINGER``), taken after the 
 from __future__ import annotations
 
 from gateproxy.core.config import HealthCheckConfig
+from gateproxy.core.http_events import Headers
 
 
 class Action:
@@ -59,9 +60,22 @@ class Enforced(Action):
 
 
 class LogRecord(Action):
-    """One access-log line (``kind`` ``request``, ``health`` or ``probe``)."""
+    """One access-log line (``kind`` ``request``, ``health`` or ``probe``) and the request's
+    latencies for the histograms: ``duration`` from its head to the end of its response,
+    ``first_byte`` to the first byte of the upstream's response (-1.0: none came). ``headers``
+    are the request's own (not a copy), read only when a log line is written."""
 
-    __slots__ = ("bytes_sent", "duration", "kind", "method", "status", "target", "upstream")
+    __slots__ = (
+        "bytes_sent",
+        "duration",
+        "first_byte",
+        "headers",
+        "kind",
+        "method",
+        "status",
+        "target",
+        "upstream",
+    )
 
     def __init__(
         self,
@@ -73,6 +87,8 @@ class LogRecord(Action):
         bytes_sent: int,
         upstream: str,
         duration: float,
+        first_byte: float,
+        headers: Headers,
     ) -> None:
         self.kind = kind
         self.method = method
@@ -81,6 +97,8 @@ class LogRecord(Action):
         self.bytes_sent = bytes_sent
         self.upstream = upstream
         self.duration = duration
+        self.first_byte = first_byte
+        self.headers = headers
 
     def __repr__(self) -> str:
         return f"LogRecord({self.kind} {self.method!r} {self.target!r} {self.status})"

@@ -133,6 +133,7 @@ class ConnectionMachine:
         self._request: Request | None = None
         self._kind = "request"
         self._started_at = now
+        self._first_byte_at = -1.0  # when this request's first upstream response byte came
         self._close_after = False
         self._bytes_sent = 0
         self._drained = 0
@@ -184,6 +185,8 @@ class ConnectionMachine:
             return
         exchange = self.exchange
         assert exchange is not None
+        if self._first_byte_at < 0.0 and data:
+            self._first_byte_at = now
         self._exchange_code(exchange.upstream_data(data, now=now), now)
         self._settle(now)
 
@@ -301,6 +304,7 @@ class ConnectionMachine:
         server, policy = self.server, self.policy
         self._request = request
         self._started_at = now
+        self._first_byte_at = -1.0
         self._bytes_sent = 0
         self._drained = 0
         self.budget.start_request()
@@ -596,6 +600,7 @@ class ConnectionMachine:
         request = self._request
         if request is None:
             return
+        started, first_byte = self._started_at, self._first_byte_at
         self.actions.append(
             LogRecord(
                 kind=self._kind,
@@ -604,7 +609,9 @@ class ConnectionMachine:
                 status=status,
                 bytes_sent=self._bytes_sent,
                 upstream=upstream,
-                duration=now - self._started_at,
+                duration=now - started,
+                first_byte=first_byte - started if first_byte >= 0.0 else -1.0,
+                headers=request.headers,
             )
         )
         self._request = None

@@ -21,6 +21,11 @@ Merge rules (:func:`merge_stats`)
   ``session_cache.entries`` and ``session_cache.max_entries`` (each worker has its own cache, so
   the sum is the capacity of the whole process group), ``process.rss_bytes`` and
   ``process.open_fds``.
+* Histograms (``latency.*``: cumulative ``buckets`` per ``le``, ``sum``, ``count``;
+  ``core.histogram``) need no rule of their own: every worker has the same buckets, so summing
+  per key is the histogram of all the workers' observations.
+* ``process.start_time_s`` takes the minimum (the oldest worker; the supervisor then puts its
+  own start time there).
 * ``process.uptime_s`` is not summed: it takes the maximum (the oldest worker), and so do
   ``session_guard.pinned.entries`` / ``.max_entries``: every worker reports the one pin table
   they share.
@@ -55,6 +60,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, fields, is_dataclass
 
+from gateproxy.core.histogram import Histogram
 from gateproxy.core.lingering import LINGER_ENDINGS
 
 #: The enforceable limits of ``listeners[].limits`` (config.LimitsConfig): reported even at 0.
@@ -102,6 +108,24 @@ class ListenerCounters:
     # 101s relayed.
     upgrades_open: int = 0
     upgrades_total: int = 0
+    # application bytes read from / written to clients (after TLS), and the latency histograms
+    bytes_received: int = 0
+    bytes_sent: int = 0
+    request_seconds: Histogram = field(default_factory=Histogram)
+    first_byte_seconds: Histogram = field(default_factory=Histogram)
+    # completed handshakes by protocol version ("TLSv1.3") -> {"full": n, "resumed": n}
+    handshakes_by_version: dict[str, dict[str, int]] = field(default_factory=dict)
+
+    def handshake(self, version: str, *, resumed: bool) -> None:
+        """Count one completed handshake, by kind and by protocol version."""
+        if resumed:
+            self.handshakes_resumed += 1
+        else:
+            self.handshakes_full += 1
+        by_kind = self.handshakes_by_version.get(version)
+        if by_kind is None:
+            by_kind = self.handshakes_by_version[version] = {"full": 0, "resumed": 0}
+        by_kind["resumed" if resumed else "full"] += 1
 
     def lingered(self, ending: str) -> None:
         """Count one lingering close by how it ended (``core.lingering.LINGER_ENDINGS``)."""
@@ -123,6 +147,10 @@ class UpstreamCounters:
 
     requests: int = 0
     failures: dict[str, int] = field(default_factory=lambda: _zeros(UPSTREAM_FAILURE_REASONS))
+    bytes_sent: int = 0  # request bytes written to its servers (heads and bodies)
+    bytes_received: int = 0  # response bytes read from them
+    request_seconds: Histogram = field(default_factory=Histogram)
+    first_byte_seconds: Histogram = field(default_factory=Histogram)
 
     def failed(self, reason: str) -> None:
         """Count one failure (``connect``, ``timeout``, ``protocol``, ``reset``...)."""
@@ -194,11 +222,16 @@ def _tls_tree(counters: ListenerCounters, engine: Mapping[str, object]) -> dict[
             "full": counters.handshakes_full,
             "resumed": counters.handshakes_resumed,
             "failed": counters.handshakes_failed,
+            "by_version": _plain(counters.handshakes_by_version),
         },
         session_cache=cache,
         tickets=tickets,
     )
     return tls
+
+
+def _latency_tree(request: Histogram, first_byte: Histogram) -> dict[str, object]:
+    return {"request_seconds": request.tree(), "first_byte_seconds": first_byte.tree()}
 
 
 def _listener_tree(
@@ -218,6 +251,8 @@ def _listener_tree(
         "limits": dict(counters.limits),
         "lingering_closes": dict(counters.lingering_closes),
         "upgrades": {"open": counters.upgrades_open, "total": counters.upgrades_total},
+        "bytes": {"received": counters.bytes_received, "sent": counters.bytes_sent},
+        "latency": _latency_tree(counters.request_seconds, counters.first_byte_seconds),
     }
     handshakes = counters.handshakes_full + counters.handshakes_resumed + counters.handshakes_failed
     if engine is not None or handshakes:
@@ -231,7 +266,7 @@ def build_stats(
     tls: Mapping[str, Mapping[str, object]],
     upstream_servers: Mapping[str, Sequence[Mapping[str, object]]],
     guard_tables: Mapping[str, object] | None,
-    process: Mapping[str, float | int],
+    process: Mapping[str, object],
 ) -> dict[str, object]:
     """Snapshot counters plus provider data into the ``/stats`` tree of ``interfaces.md``.
 
@@ -251,6 +286,8 @@ def build_stats(
             "servers": _plain(upstream_servers.get(name, [])),
             "requests": counters.requests,
             "failures": dict(counters.failures),
+            "bytes": {"sent": counters.bytes_sent, "received": counters.bytes_received},
+            "latency": _latency_tree(counters.request_seconds, counters.first_byte_seconds),
         }
     guard: dict[str, object] = {str(k): _plain(v) for k, v in (guard_tables or {}).items()}
     guard.update(vars(metrics.guard))
@@ -258,13 +295,14 @@ def build_stats(
         "listeners": listeners,
         "upstreams": upstreams,
         "session_guard": guard,
-        "process": dict(process),
+        "process": _plain(process),
     }
 
 
 # --- merging workers ----------------------------------------------------------------------------
 
 _MAX_KEYS = frozenset({"uptime_s", "top_n"})
+_MIN_KEYS = frozenset({"start_time_s"})
 
 #: The session guard's top-N tables in a stats tree (``SessionGuard.tables``): name -> row key.
 TOP_TABLES = {"top_paths": "path", "top_clients": "client"}
@@ -297,6 +335,8 @@ def _merge_values(key: str, values: Sequence[object]) -> object:
         return any(values)
     if all(_is_number(v) for v in values):
         numbers = [v for v in values if isinstance(v, int | float)]
+        if key in _MIN_KEYS:
+            return min(numbers)
         return max(numbers) if key in _MAX_KEYS else sum(numbers)
     if key == "servers" and all(isinstance(v, list) for v in values):
         return _merge_servers([v for v in values if isinstance(v, list)])

@@ -43,8 +43,21 @@ FAMILIES: dict[str, tuple[str, str]] = {
     "upgraded_connections_total": (
         "counter",
         "Connections upgraded (101 Switching Protocols relayed), e.g. WebSocket.",
+    "bytes_received_total": ("counter", "Bytes read from clients (after TLS decryption)."),
+    "bytes_sent_total": ("counter", "Bytes written to clients (before TLS encryption)."),
+    "request_duration_seconds": (
+        "histogram",
+        "Seconds from a request's head to the end of its response (health checks excluded).",
+    ),
+    "request_first_byte_seconds": (
+        "histogram",
+        "Seconds from a request's head to the first byte of the upstream's response.",
     ),
     "tls_handshakes_total": ("counter", "TLS handshakes, by kind (full, resumed, failed)."),
+    "tls_handshakes_by_version_total": (
+        "counter",
+        "Completed TLS handshakes, by protocol version and kind (full, resumed).",
+    ),
     "tls_session_cache_entries": ("gauge", "TLS sessions held in the server session cache."),
     "tls_session_cache_max_entries": ("gauge", "Capacity of the TLS session cache (hard cap)."),
     "tls_session_cache_hits_total": ("counter", "Session cache lookups that found a session."),
@@ -57,6 +70,19 @@ FAMILIES: dict[str, tuple[str, str]] = {
     "tls_ticket_key_age_seconds": ("gauge", "Age of each session-ticket key, by role."),
     "upstream_requests_total": ("counter", "Requests forwarded to the upstream."),
     "upstream_failures_total": ("counter", "Upstream failures, by reason."),
+    "upstream_bytes_sent_total": ("counter", "Request bytes written to the upstream's servers."),
+    "upstream_bytes_received_total": (
+        "counter",
+        "Response bytes read from the upstream's servers.",
+    ),
+    "upstream_request_duration_seconds": (
+        "histogram",
+        "Seconds from a forwarded request's head to the end of its response.",
+    ),
+    "upstream_first_byte_seconds": (
+        "histogram",
+        "Seconds from a forwarded request's head to the first byte of the upstream's response.",
+    ),
     "upstream_healthy": ("gauge", "1 when the upstream server is healthy, else 0."),
     "upstream_active_connections": ("gauge", "Upstream connections in use."),
     "upstream_idle_connections": ("gauge", "Idle pooled upstream connections."),
@@ -80,6 +106,14 @@ FAMILIES: dict[str, tuple[str, str]] = {
     "process_open_fds": ("gauge", "Open file descriptors."),
     "process_uptime_seconds": ("gauge", "Seconds since the process started."),
     "process_workers": ("gauge", "Worker processes included in these figures."),
+    "process_start_time_seconds": (
+        "gauge",
+        "Start time of the gateproxy process since the Unix epoch, in seconds.",
+    ),
+    "build_info": (
+        "gauge",
+        "Always 1; the labels name gateproxy's, Python's and OpenSSL's version.",
+    ),
     "workers_configured": ("gauge", "Worker processes the supervisor is configured to run."),
     "worker_restarts_total": ("counter", "Worker processes restarted after an unexpected exit."),
     "reloads_total": ("counter", "Configuration reloads (SIGHUP) applied."),
@@ -90,6 +124,14 @@ FAMILIES: dict[str, tuple[str, str]] = {
     "config_generation": ("gauge", "Generation of the configuration in use (1 at start)."),
 }
 PREFIX = "gateproxy_"
+#: Families exported under their standard name, without :data:`PREFIX` (what dashboards expect
+#: from every Prometheus client library).
+UNPREFIXED = frozenset({"process_start_time_seconds"})
+
+
+def exported_name(family: str) -> str:
+    """The metric name of a :data:`FAMILIES` entry as it appears in the exposition."""
+    return family if family in UNPREFIXED else PREFIX + family
 
 
 def _get(tree: object, *path: str) -> object:
@@ -123,26 +165,39 @@ class _Samples:
     """Samples collected per family; values that are not numbers (missing data) are skipped."""
 
     def __init__(self) -> None:
-        self.by_family: dict[str, list[tuple[Labels, float]]] = {}
+        self.by_family: dict[str, list[tuple[str, Labels, float]]] = {}
 
-    def add(self, family: str, labels: Labels, value: object) -> None:
+    def add(self, family: str, labels: Labels, value: object, *, suffix: str = "") -> None:
         assert family in FAMILIES, family
         if isinstance(value, int | float):  # bool is an int: healthy -> 1 / 0
             self.by_family.setdefault(family, []).append(
-                (labels, int(value) if isinstance(value, bool) else value)
+                (suffix, labels, int(value) if isinstance(value, bool) else value)
             )
+
+    def add_histogram(self, family: str, labels: Labels, tree: object) -> None:
+        """A histogram tree (``core.histogram``): ``_bucket`` per ``le``, ``_sum``, ``_count``;
+        a histogram without its ``+Inf`` bucket or count (malformed data) is skipped."""
+        buckets = _get(tree, "buckets")
+        count = _get(tree, "count")
+        if not isinstance(buckets, Mapping) or "+Inf" not in buckets or not _is_count(count):
+            return
+        ordered = sorted(buckets.items(), key=lambda item: _bound(str(item[0])))
+        for le, value in ordered:
+            self.add(family, (*labels, ("le", str(le))), value, suffix="_bucket")
+        self.add(family, labels, _get(tree, "sum"), suffix="_sum")
+        self.add(family, labels, count, suffix="_count")
 
     def render(self) -> str:
         lines: list[str] = []
         for family, (kind, help_) in FAMILIES.items():
             if family not in self.by_family:
                 continue
-            name = PREFIX + family
+            name = exported_name(family)
             lines += [f"# HELP {name} {help_}", f"# TYPE {name} {kind}"]
-            for labels, value in self.by_family[family]:
+            for suffix, labels, value in self.by_family[family]:
                 text = ",".join(f'{k}="{_escape_label(v)}"' for k, v in labels)
                 braced = f"{{{text}}}" if text else ""
-                lines.append(f"{name}{braced} {_format_value(value)}")
+                lines.append(f"{name}{suffix}{braced} {_format_value(value)}")
         return "".join(line + "\n" for line in lines)
 
 
@@ -155,6 +210,17 @@ _LISTENER_PATHS = {
     "upgraded_connections_open": ("upgrades", "open"),
     "upgraded_connections_total": ("upgrades", "total"),
 }
+
+
+def _is_count(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _bound(label: str) -> float:
+    try:
+        return float(label)  # "+Inf" -> inf
+    except ValueError:
+        return math.nan
 
 
 def _key_label(key: object, index: int) -> str:
@@ -172,11 +238,20 @@ def _render_listener(out: _Samples, name: str, tree: object) -> None:
         out.add("limit_enforced_total", (*ln, ("reason", limit)), value)
     for ending, value in _items(tree, "lingering_closes"):
         out.add("lingering_closes_total", (*ln, ("reason", ending)), value)
+    out.add("bytes_received_total", ln, _get(tree, "bytes", "received"))
+    out.add("bytes_sent_total", ln, _get(tree, "bytes", "sent"))
+    latency = _get(tree, "latency")
+    out.add_histogram("request_duration_seconds", ln, _get(latency, "request_seconds"))
+    out.add_histogram("request_first_byte_seconds", ln, _get(latency, "first_byte_seconds"))
     tls = _get(tree, "tls")
     if tls is None:
         return
     for kind in ("full", "resumed", "failed"):
         out.add("tls_handshakes_total", (*ln, ("kind", kind)), _get(tls, "handshakes", kind))
+    for version, kinds in _items(tls, "handshakes", "by_version"):
+        for kind, value in _items(kinds):
+            labels = (*ln, ("version", version), ("kind", kind))
+            out.add("tls_handshakes_by_version_total", labels, value)
     for field_name in SESSION_CACHE_FIELDS:
         family = f"tls_session_cache_{field_name}"
         family = family if family in FAMILIES else family + "_total"
@@ -194,6 +269,11 @@ def _render_upstream(out: _Samples, name: str, tree: object) -> None:
     out.add("upstream_requests_total", up, _get(tree, "requests"))
     for reason, value in _items(tree, "failures"):
         out.add("upstream_failures_total", (*up, ("reason", reason)), value)
+    out.add("upstream_bytes_sent_total", up, _get(tree, "bytes", "sent"))
+    out.add("upstream_bytes_received_total", up, _get(tree, "bytes", "received"))
+    latency = _get(tree, "latency")
+    out.add_histogram("upstream_request_duration_seconds", up, _get(latency, "request_seconds"))
+    out.add_histogram("upstream_first_byte_seconds", up, _get(latency, "first_byte_seconds"))
     servers = _get(tree, "servers")
     for server in servers if isinstance(servers, list) else []:
         labels = (*up, ("server", str(_get(server, "address"))))
@@ -207,6 +287,7 @@ _PROCESS_PATHS = {
     "process_open_fds": "open_fds",
     "process_uptime_seconds": "uptime_s",
     "process_workers": "workers",
+    "process_start_time_seconds": "start_time_s",
 }
 _SUPERVISOR_PATHS = {
     "workers_configured": "workers",
@@ -233,6 +314,9 @@ def render_prometheus(tree: Mapping[str, object]) -> str:
     _render_guard_tables(out, tree)
     for family, key in _PROCESS_PATHS.items():
         out.add(family, (), _get(tree, "process", key))
+    build = _get(tree, "process", "build")
+    if isinstance(build, Mapping):
+        out.add("build_info", tuple((str(k), str(v)) for k, v in sorted(build.items())), 1)
     for family, key in _SUPERVISOR_PATHS.items():  # the per-worker "workers" list is skipped
         out.add(family, (), _get(tree, "supervisor", key))
     return out.render()

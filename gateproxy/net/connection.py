@@ -85,10 +85,8 @@ async def _handshake(
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
             pass
         else:
-            if tls_stream.ssl_object.session_reused:
-                counters.handshakes_resumed += 1
-            else:
-                counters.handshakes_full += 1
+            ssl_object = tls_stream.ssl_object
+            counters.handshake(ssl_object.version() or "", resumed=ssl_object.session_reused)
             return tls_stream
     counters.handshakes_failed += 1
     if engine is not None and not probe:

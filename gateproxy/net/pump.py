@@ -46,7 +46,7 @@ from gateproxy.core.machine import (
     ConnectionMachine,
 )
 from gateproxy.errors import UpstreamError, UpstreamTimeout
-from gateproxy.logs import event
+from gateproxy.logs import ConnectionTLS, event
 from gateproxy.net.health_pass import pass_through_answer
 from gateproxy.net.lingering import linger_counted
 from gateproxy.net.plain_stream import PlainStream
@@ -54,6 +54,7 @@ from gateproxy.net.runtime import ListenerRuntime
 from gateproxy.net.tls_stream import ServerTLSStream
 from gateproxy.net.upstream import UpstreamConnection
 from gateproxy.net.upstream_group import UpstreamGroup
+from gateproxy.tls.libssl import server_name
 
 CLOSE_GRACE = 1.0  # how long a clean close may wait for a stuck peer
 _BROKEN = (trio.BrokenResourceError, trio.ClosedResourceError, OSError)
@@ -79,6 +80,7 @@ class Pump:
         ssl_object: ssl.SSLObject | None,
     ) -> None:
         self.listener = listener
+        self.counters = listener.counters
         self.client = client
         self.machine = machine
         self.client_ip = client_ip
@@ -88,6 +90,7 @@ class Pump:
         self._scope = trio.CancelScope()
         self._idle = False
         self._first_upstream_read = False
+        self._tls: ConnectionTLS | None = None  # read at the first logged line
 
     async def run(self) -> None:
         """Serve the connection until the machine ends it, then close it accordingly."""
@@ -133,6 +136,8 @@ class Pump:
                     await client.send_all(data)
                 except _BROKEN:
                     machine.client_gone(now=trio.current_time())
+                else:
+                    self.counters.bytes_sent += len(data)
             wait = machine.wait
             if wait >= CLOSE_NOTIFY:
                 return
@@ -161,6 +166,7 @@ class Pump:
         finally:
             if idle:
                 self._set_idle(False)
+        self.counters.bytes_received += len(data)
         machine.client_data(data, now=trio.current_time())
 
     async def _read_upstream(self) -> None:
@@ -172,6 +178,7 @@ class Pump:
         except UpstreamError:
             self.machine.upstream_failed(connected=True, timeout=False, now=trio.current_time())
             return
+        self._upstream_received(len(data))
         self.machine.upstream_data(data, now=trio.current_time())
 
     async def _read_either(self) -> None:
@@ -183,6 +190,7 @@ class Pump:
             machine.client_gone(now=trio.current_time())
             return
         if data is not None:
+            self.counters.bytes_received += len(data)
             machine.client_data(data, now=trio.current_time())
             return
         try:
@@ -191,6 +199,7 @@ class Pump:
             machine.upstream_failed(connected=True, timeout=False, now=trio.current_time())
             return
         if updata is not None:
+            self._upstream_received(len(updata))
             machine.upstream_data(updata, now=trio.current_time())
             return
         await _wait_readable_either(self.client.fd, upstream.fd)
@@ -206,10 +215,17 @@ class Pump:
             group = self.group
             send_timeout = group.config.send_timeout if group is not None else math.inf
             await upstream.send(data, send_timeout=send_timeout)
+            if group is not None:
+                group.counters.bytes_sent += len(data)
         except UpstreamTimeout:
             machine.upstream_failed(connected=True, timeout=True, now=trio.current_time())
         except UpstreamError:
             machine.upstream_failed(connected=True, timeout=False, now=trio.current_time())
+
+    def _upstream_received(self, size: int) -> None:
+        group = self.group
+        if group is not None:
+            group.counters.bytes_received += size
 
     def _set_idle(self, idle: bool) -> None:
         if idle == self._idle:
@@ -295,7 +311,12 @@ class Pump:
         self.machine.health_answer(answer, now=trio.current_time())
 
     def _log(self, record: LogRecord) -> None:
-        self.listener.access_log.request(
+        if record.kind != "health":
+            self._observe(record)
+        access_log = self.listener.access_log
+        if not access_log.enabled:
+            return
+        access_log.request(
             client=self.client_ip,
             method=record.method,
             target=record.target,
@@ -305,7 +326,36 @@ class Pump:
             duration=record.duration,
             listener=self.listener.name,
             kind=record.kind,
+            headers=record.headers,
+            tls=self._connection_tls(),
         )
+
+    def _observe(self, record: LogRecord) -> None:
+        """The request's latencies into the listener's (and its upstream's) histograms."""
+        counters, duration, first_byte = self.counters, record.duration, record.first_byte
+        counters.request_seconds.observe(duration)
+        if first_byte >= 0.0:
+            counters.first_byte_seconds.observe(first_byte)
+        group = self.group
+        if record.upstream and group is not None:  # this request acquired from ``group``
+            upstream = group.counters
+            upstream.request_seconds.observe(duration)
+            if first_byte >= 0.0:
+                upstream.first_byte_seconds.observe(first_byte)
+
+    def _connection_tls(self) -> ConnectionTLS | None:
+        ssl_object = self.ssl_object
+        if ssl_object is None:
+            return None
+        if self._tls is None:
+            cipher = ssl_object.cipher()
+            self._tls = ConnectionTLS(
+                version=ssl_object.version() or "",
+                cipher=cipher[0] if cipher else "",
+                resumed=ssl_object.session_reused,
+                sni=server_name(ssl_object),
+            )
+        return self._tls
 
     # --- the end ----------------------------------------------------------------------------
 

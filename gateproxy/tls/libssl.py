@@ -71,6 +71,7 @@ SESS_CACHE_UPDATE_TIME = 0x400
 
 SSL_SENT_SHUTDOWN = 1  # SSL_get_shutdown / SSL_set_shutdown flags
 SSL_RECEIVED_SHUTDOWN = 2
+TLSEXT_NAMETYPE_HOST_NAME = 0  # SSL_get_servername type
 
 TLS1_2_VERSION = 0x0303
 TLS1_3_VERSION = 0x0304
@@ -151,6 +152,7 @@ SYMBOLS: dict[str, tuple[str, str, Any, list[Any]]] = {
     "get_shutdown": ("ssl", "SSL_get_shutdown", c_int, [_P]),
     "shutdown": ("ssl", "SSL_shutdown", c_int, [_P]),
     "is_init_finished": ("ssl", "SSL_is_init_finished", c_int, [_P]),
+    "get_servername": ("ssl", "SSL_get_servername", c_char_p, [_P, c_int]),
     "err_clear": ("crypto", "ERR_clear_error", None, []),
     "session_get_id": ("ssl", "SSL_SESSION_get_id", _P, [_P, POINTER(c_uint)]),
     "i2d_session": ("ssl", "i2d_SSL_SESSION", c_int, [_P, _PP]),
@@ -339,6 +341,11 @@ class LibSSL:
     def is_init_finished(self, ssl_ptr: int) -> bool:
         return bool(self._fn["is_init_finished"](ssl_ptr))
 
+    def get_servername(self, ssl_ptr: int) -> bytes:
+        """``SSL_get_servername(ssl, TLSEXT_NAMETYPE_host_name)``: the SNI, ``b""`` if none."""
+        name = self._fn["get_servername"](ssl_ptr, TLSEXT_NAMETYPE_HOST_NAME)
+        return bytes(name) if name else b""
+
     # --- SSL_SESSION ----------------------------------------------------------------------------
 
     def session_id(self, session: int) -> bytes:
@@ -459,6 +466,16 @@ def ssl_pointer_checked(lib: LibSSL, ssl_object: ssl.SSLObject) -> int:
             f"SSL_get_SSL_CTX of the SSL* at offset {SSL_OFFSET} is not the context's SSL_CTX*",
         )
     return ptr
+
+
+def server_name(ssl_object: ssl.SSLObject) -> str:
+    """The server name (SNI) a server-side connection's client sent, ``""`` when none (or when
+    the pointer checks fail: this is for logs, never worth an error)."""
+    try:
+        lib = get_libssl()
+        return lib.get_servername(ssl_pointer_checked(lib, ssl_object)).decode("ascii", "replace")
+    except TLSEngineError:
+        return ""
 
 
 def session_pointer(session: ssl.SSLSession) -> int:

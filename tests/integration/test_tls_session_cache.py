@@ -158,7 +158,12 @@ async def test_resumption_through_the_proxy(
         False,
     )
     assert second.status == 200 and second.tls_version == version
-    assert stats["handshakes"] == {"full": 2, "resumed": 1, "failed": 0}
+    assert stats["handshakes"] == {
+        "full": 2,
+        "resumed": 1,
+        "failed": 0,
+        "by_version": {version: {"full": 2, "resumed": 1}},
+    }
     if not tickets:
         assert stats["session_cache"]["hits"] == 1
         assert stats["tickets"]["issued"] == 0
