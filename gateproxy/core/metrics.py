@@ -57,7 +57,8 @@ from dataclasses import dataclass, field, fields, is_dataclass
 
 from gateproxy.core.lingering import LINGER_ENDINGS
 
-#: The enforceable limits of ``listeners[].limits`` (config.LimitsConfig): reported even at 0.
+#: The enforceable limits of ``listeners[].limits`` (config.LimitsConfig) and
+#: ``listeners[].rate_limit`` (a request refused by ``core.rate_limit``): reported even at 0.
 LIMIT_NAMES = (
     "max_requests_per_connection",
     "max_connection_age",
@@ -69,6 +70,7 @@ LIMIT_NAMES = (
     "max_body_bytes",
     "max_connections",
     "max_connections_per_client",
+    "rate_limit",
 )
 RESPONSE_CLASSES = ("1xx", "2xx", "3xx", "4xx", "5xx")
 _STATUS_CLASSES = {int(name[0]): name for name in RESPONSE_CLASSES}
@@ -88,6 +90,9 @@ class ListenerCounters:
     connections_open: int = 0
     connections_total: int = 0
     connections_rejected: int = 0
+    connections_denied: int = 0  # by listeners[].access (core.access)
+    rate_limit_buckets: int = 0  # gauge: the per-address table of core.rate_limit
+    rate_limit_evictions: int = 0
     requests_total: int = 0
     health_checks: int = 0
     handshakes_full: int = 0
@@ -203,6 +208,7 @@ def _listener_tree(
             "open": counters.connections_open,
             "total": counters.connections_total,
             "rejected": counters.connections_rejected,
+            "denied": counters.connections_denied,
         },
         "requests": {
             "total": counters.requests_total,
@@ -211,6 +217,10 @@ def _listener_tree(
         },
         "limits": dict(counters.limits),
         "lingering_closes": dict(counters.lingering_closes),
+        "rate_limit": {
+            "buckets": counters.rate_limit_buckets,
+            "evictions": counters.rate_limit_evictions,
+        },
     }
     handshakes = counters.handshakes_full + counters.handshakes_resumed + counters.handshakes_failed
     if engine is not None or handshakes:
