@@ -285,7 +285,8 @@ class ConnectionMachine:
             return
         rates = policy.rate_limits
         if rates is not None and not rates.allow(self.client_ip, probe=self.probe, now=now):
-            self._refuse((rates.status, "rate_limit"), now)
+            self._enforce("rate_limit")  # answered after the body, if any, is read: keep-alive
+            self._answer_after_body(error_answer(rates.status), now)
             return
         self._forward(request, now)
 
