@@ -37,12 +37,13 @@ from pathlib import Path
 
 import trio
 
+from gateproxy.core.access import AccessList
 from gateproxy.core.config import AccessLogConfig, Config
 from gateproxy.core.health import HealthBoard, Verdict
 from gateproxy.core.metrics import build_stats
 from gateproxy.core.ticket_keys import TicketKey, keep_known
 from gateproxy.logs import AccessLog, event
-from gateproxy.net.admin import open_admin_listeners, serve_admin
+from gateproxy.net.admin import AdminGuard, open_admin_listeners, serve_admin
 from gateproxy.net.listener import bound_address, open_listeners, serve_listener, trio_listener
 from gateproxy.net.probes import apply_verdict, run_health_checks
 from gateproxy.net.procinfo import process_info
@@ -197,7 +198,8 @@ class Daemon:
         if self.config.admin is not None and self.role != "worker":
             admin_sockets = await open_admin_listeners(self.config.admin.bind)
             self.admin_address = bound_address(admin_sockets)
-            await services.start(_serve_admin_task, admin_sockets, self.stats)
+            guard = AdminGuard(AccessList(self.config.admin.access))
+            await services.start(_serve_admin_task, admin_sockets, self.stats, guard)
         services.start_soon(self._timers)
         if self.role != "worker":  # workers get the supervisor's verdicts: one checker per daemon
             services.start_soon(
@@ -375,7 +377,8 @@ def _resolved_log_config(config: Config, *, base_dir: Path) -> AccessLogConfig:
 async def _serve_admin_task(
     sockets: list[trio.SocketListener],
     stats: Callable[[], dict[str, object]],
+    guard: AdminGuard,
     *,
     task_status: trio.TaskStatus[list[trio.SocketListener]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    await serve_admin(sockets, stats=stats, task_status=task_status)
+    await serve_admin(sockets, stats=stats, guard=guard, task_status=task_status)

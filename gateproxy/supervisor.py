@@ -42,12 +42,13 @@ from pathlib import Path
 import trio
 
 from gateproxy.config_files import load_and_check
+from gateproxy.core.access import AccessList
 from gateproxy.core.config import Config
 from gateproxy.core.metrics import merge_stats
 from gateproxy.core.restarts import RestartPolicy
 from gateproxy.errors import ConfigError, GateproxyError, first_error
 from gateproxy.logs import event
-from gateproxy.net.admin import open_admin_listeners, serve_admin
+from gateproxy.net.admin import AdminGuard, open_admin_listeners, serve_admin
 from gateproxy.net.fleet_health import FleetHealth
 from gateproxy.net.key_rings import SupervisorKeys
 from gateproxy.net.listen_slots import ListenError, ListenSlots, slot_key
@@ -108,6 +109,7 @@ class Supervisor:
         self._further_stop = trio.Event()
         self._reload_lock = trio.Lock()
         self._admin_scope: trio.CancelScope | None = None
+        self.admin_guard = AdminGuard()  # admin.access of the current generation
         self._stats_cache: dict[str, object] = merge_stats([])
         self._nursery: trio.Nursery | None = None
 
@@ -299,7 +301,7 @@ class Supervisor:
         try:
             config, text = load_and_check(self.path)
             gen = Generation(self.current.number + 1, config, text)
-            if config.admin is not None and config.admin != self.current.config.admin:
+            if config.admin is not None and _admin_bind(config) != _admin_bind(self.current.config):
                 admin = await open_admin_listeners(config.admin.bind)  # busy: fail here
             from_files = self.keys.prepare(config, now=trio.current_time())
             started = await self._start_generation(gen)
@@ -340,7 +342,8 @@ class Supervisor:
             for handle in self.retiring:
                 await handle.draining.wait()
         self.slots.keep_only(gen.wanted_sockets())
-        if old.config.admin != gen.config.admin:
+        self.admin_guard.access = _admin_access(gen.config)  # the same socket, new rules
+        if _admin_bind(old.config) != _admin_bind(gen.config):
             await self._start_admin(gen.config, sockets=admin)
         self.counters["reloads"] += 1
         event(
@@ -372,6 +375,7 @@ class Supervisor:
             self._admin_scope, self.admin_address = None, None
         if config.admin is None:
             return
+        self.admin_guard.access = _admin_access(config)
         sockets = sockets or await open_admin_listeners(config.admin.bind)
         name = sockets[0].socket.getsockname()
         self.admin_address = (str(name[0]), int(name[1]))
@@ -385,7 +389,12 @@ class Supervisor:
     ) -> None:
         with trio.CancelScope() as scope:
             task_status.started(scope)
-            await serve_admin(sockets, stats=lambda: self._stats_cache, refresh=self.refresh_stats)
+            await serve_admin(
+                sockets,
+                stats=lambda: self._stats_cache,
+                refresh=self.refresh_stats,
+                guard=self.admin_guard,
+            )
 
     async def refresh_stats(self) -> None:
         """Ask every live worker for its tree and merge them (what /stats and /metrics show)."""
@@ -470,3 +479,12 @@ def _cpus() -> int:
         return len(os.sched_getaffinity(0))
     except (AttributeError, OSError):
         return os.cpu_count() or 1
+
+
+def _admin_bind(config: Config) -> str | None:
+    """What the admin socket is bound to (a reload that keeps it keeps the socket)."""
+    return config.admin.bind if config.admin is not None else None
+
+
+def _admin_access(config: Config) -> AccessList | None:
+    return AccessList(config.admin.access) if config.admin is not None else None

@@ -215,7 +215,9 @@ def test_a_workers_own_tree_is_the_merged_paths_without_the_supervisors(
     served: tuple[dict[str, Any], str],
 ) -> None:
     stats, _ = served
-    merged = {p for p in tree_paths(stats) if not p.startswith(("supervisor.", "workers[]"))}
+    merged = {
+        p for p in tree_paths(stats) if not p.startswith(("admin.", "supervisor.", "workers[]"))
+    }
     [worker] = stats["workers"]
     assert tree_paths(worker["stats"]) == merged - {"process.workers"}
     assert json.loads(json.dumps(worker["stats"])) == worker["stats"]

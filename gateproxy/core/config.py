@@ -29,6 +29,8 @@ from pydantic import (
     model_validator,
 )
 
+from gateproxy.core.config_access import AccessRules
+from gateproxy.core.config_rate_limit import RateLimitConfig
 from gateproxy.core.units import parse_duration, parse_size
 from gateproxy.errors import ConfigError, ConfigProblem
 
@@ -278,6 +280,8 @@ class ListenerConfig(_Model):
     limits: LimitsConfig = LimitsConfig()
     probe_limits: ProbeLimitsConfig = ProbeLimitsConfig()
     routes: Annotated[tuple[RouteConfig, ...], Field(min_length=1)]
+    access: AccessRules = ()  # nginx allow/deny, in order, first match wins (core.access)
+    rate_limit: RateLimitConfig | None = None  # nginx limit_req per client (core.rate_limit)
 
 
 # --- upstreams ----------------------------------------------------------------------------------
@@ -321,6 +325,7 @@ class SessionGuardConfig(_Model):
 
 class AdminConfig(_Model):
     bind: HostPort = "127.0.0.1:9901"
+    access: AccessRules = ()  # as listeners[].access
 
 
 class AccessLogConfig(_Model):

@@ -16,10 +16,11 @@ A connection goes through these phases, for each request:
   ``request_header_timeout`` of the connection's start (a client that said nothing at all is
   closed without a response); later ones have ``keepalive_timeout`` until their first byte, then
   ``request_header_timeout`` for the whole head, so a byte every few seconds does not help.
-* a request is checked against the rules and limits *before* anything goes upstream; a health
-  check is answered locally (``LOCAL_BODY`` while its body, if any, is read and dropped, then
-  maybe ``HEALTH_WAIT`` for a pass-through answer); anything else is routed and forwarded by an
-  :class:`~gateproxy.core.exchange.Exchange` (``FORWARD``).
+* a request is checked against the rules and limits *before* anything goes upstream, the
+  client's request rate (``core.rate_limit``) last, so a refused request takes no token; a
+  health check is answered locally and never rate-limited (``LOCAL_BODY`` while its body, if
+  any, is read and dropped, then maybe ``HEALTH_WAIT`` for a pass-through answer); anything else
+  is routed and forwarded by an :class:`~gateproxy.core.exchange.Exchange` (``FORWARD``).
 * after the response, keep-alive continues when both sides allow it and no limit ends the
   connection; whether this response closes the connection is decided once, when its request
   starts (so a limit is counted once).
@@ -325,6 +326,11 @@ class ConnectionMachine:
         refused = forward_refusal(request, head_was_fast=server.head_was_fast, limits=self.limits)
         if refused is not None:
             self._refuse(refused, now)
+            return
+        rates = policy.rate_limits
+        if rates is not None and not rates.allow(self.client_ip, probe=self.probe, now=now):
+            self._enforce("rate_limit")  # answered after the body, if any, is read: keep-alive
+            self._answer_after_body(error_answer(rates.status), now)
             return
         self._forward(request, now)
 

@@ -63,7 +63,8 @@ from dataclasses import dataclass, field, fields, is_dataclass
 from gateproxy.core.histogram import Histogram
 from gateproxy.core.lingering import LINGER_ENDINGS
 
-#: The enforceable limits of ``listeners[].limits`` (config.LimitsConfig): reported even at 0.
+#: The enforceable limits of ``listeners[].limits`` (config.LimitsConfig) and
+#: ``listeners[].rate_limit`` (a request refused by ``core.rate_limit``): reported even at 0.
 LIMIT_NAMES = (
     "max_requests_per_connection",
     "max_connection_age",
@@ -77,6 +78,7 @@ LIMIT_NAMES = (
     "max_connections_per_client",
     "websocket_idle_timeout",
     "max_upgraded_connections",
+    "rate_limit",
 )
 RESPONSE_CLASSES = ("1xx", "2xx", "3xx", "4xx", "5xx")
 _STATUS_CLASSES = {int(name[0]): name for name in RESPONSE_CLASSES}
@@ -96,6 +98,9 @@ class ListenerCounters:
     connections_open: int = 0
     connections_total: int = 0
     connections_rejected: int = 0
+    connections_denied: int = 0  # by listeners[].access (core.access)
+    rate_limit_buckets: int = 0  # gauge: the per-address table of core.rate_limit
+    rate_limit_evictions: int = 0
     requests_total: int = 0
     health_checks: int = 0
     handshakes_full: int = 0
@@ -242,6 +247,7 @@ def _listener_tree(
             "open": counters.connections_open,
             "total": counters.connections_total,
             "rejected": counters.connections_rejected,
+            "denied": counters.connections_denied,
         },
         "requests": {
             "total": counters.requests_total,
@@ -253,6 +259,10 @@ def _listener_tree(
         "upgrades": {"open": counters.upgrades_open, "total": counters.upgrades_total},
         "bytes": {"received": counters.bytes_received, "sent": counters.bytes_sent},
         "latency": _latency_tree(counters.request_seconds, counters.first_byte_seconds),
+        "rate_limit": {
+            "buckets": counters.rate_limit_buckets,
+            "evictions": counters.rate_limit_evictions,
+        },
     }
     handshakes = counters.handshakes_full + counters.handshakes_resumed + counters.handshakes_failed
     if engine is not None or handshakes:

@@ -11,10 +11,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+from gateproxy.core.access import AccessList
 from gateproxy.core.config import Config, LimitsConfig, ListenerConfig
 from gateproxy.core.health import HealthMatcher
 from gateproxy.core.metrics import ListenerCounters
 from gateproxy.core.probes import ProbeClassifier
+from gateproxy.core.rate_limit import RateLimits
 from gateproxy.core.routing import Router
 from gateproxy.core.session_guard import SessionGuard
 from gateproxy.core.upstream_state import UpstreamState
@@ -38,6 +40,7 @@ class ListenerPolicy:
     """The decisions' inputs for one listener."""
 
     __slots__ = (
+        "access",
         "counters",
         "guard",
         "health",
@@ -45,6 +48,7 @@ class ListenerPolicy:
         "name",
         "probe_limits",
         "probes",
+        "rate_limits",
         "router",
         "service",
         "tls",
@@ -65,6 +69,8 @@ class ListenerPolicy:
         upstreams: Mapping[str, UpstreamState],
         service: ServiceState,
         tls: bool,
+        access: AccessList | None = None,
+        rate_limits: RateLimits | None = None,
     ) -> None:
         self.name = name
         self.limits = limits
@@ -77,6 +83,8 @@ class ListenerPolicy:
         self.upstreams = dict(upstreams)
         self.service = service
         self.tls = tls
+        self.access = access if access else None  # None: everyone may connect
+        self.rate_limits = rate_limits
 
     def limits_for(self, *, probe: bool) -> LimitsConfig:
         return self.probe_limits if probe else self.limits
@@ -106,4 +114,10 @@ def build_policy(
         upstreams=upstreams,
         service=service,
         tls=listener.tls is not None,
+        access=AccessList(listener.access),
+        rate_limits=(
+            RateLimits(listener.rate_limit, counters=counters)
+            if listener.rate_limit is not None
+            else None
+        ),
     )

@@ -27,10 +27,19 @@ FAMILIES: dict[str, tuple[str, str]] = {
     "connections_open": ("gauge", "Client connections open now."),
     "connections_total": ("counter", "Client connections accepted."),
     "connections_rejected_total": ("counter", "Client connections refused by admission limits."),
+    "connections_denied_total": (
+        "counter",
+        "Client connections closed before the handshake by the listener's access rules.",
+    ),
     "requests_total": ("counter", "Requests received."),
     "responses_total": ("counter", "Responses sent, by status class."),
     "health_checks_total": ("counter", "Health-check requests answered by gateproxy itself."),
     "limit_enforced_total": ("counter", "Times a configured limit was enforced, by limit."),
+    "rate_limit_buckets": ("gauge", "Client addresses in the rate-limit tables (bounded)."),
+    "rate_limit_evictions_total": (
+        "counter",
+        "Rate-limit buckets pushed out of a full table while still limiting their client.",
+    ),
     "lingering_closes_total": (
         "counter",
         "Connections closed after reading and discarding what the client still sent, by how "
@@ -122,6 +131,10 @@ FAMILIES: dict[str, tuple[str, str]] = {
         "Configuration reloads refused (the previous configuration kept running).",
     ),
     "config_generation": ("gauge", "Generation of the configuration in use (1 at start)."),
+    "admin_connections_denied_total": (
+        "counter",
+        "Admin API connections closed by admin.access before a request was read.",
+    ),
 }
 PREFIX = "gateproxy_"
 #: Families exported under their standard name, without :data:`PREFIX` (what dashboards expect
@@ -205,6 +218,9 @@ _LISTENER_PATHS = {
     "connections_open": ("connections", "open"),
     "connections_total": ("connections", "total"),
     "connections_rejected_total": ("connections", "rejected"),
+    "connections_denied_total": ("connections", "denied"),
+    "rate_limit_buckets": ("rate_limit", "buckets"),
+    "rate_limit_evictions_total": ("rate_limit", "evictions"),
     "requests_total": ("requests", "total"),
     "health_checks_total": ("requests", "health_checks"),
     "upgraded_connections_open": ("upgrades", "open"),
@@ -319,6 +335,7 @@ def render_prometheus(tree: Mapping[str, object]) -> str:
         out.add("build_info", tuple((str(k), str(v)) for k, v in sorted(build.items())), 1)
     for family, key in _SUPERVISOR_PATHS.items():  # the per-worker "workers" list is skipped
         out.add(family, (), _get(tree, "supervisor", key))
+    out.add("admin_connections_denied_total", (), _get(tree, "admin", "connections_denied"))
     return out.render()
 
 

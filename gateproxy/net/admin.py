@@ -13,6 +13,10 @@ failing stats provider) cannot affect another client or the listener.
 Routes: ``GET``/``HEAD`` on ``/`` (index), ``/stats`` and ``/metrics``; other paths 404, other
 methods on those paths 405 with ``Allow``. A request with a body is answered, then the connection
 is closed (the admin endpoint never reads bodies).
+
+``admin.access`` (the rules of ``core.access``, as for a listener) is checked right after accept
+by an :class:`AdminGuard`: a denied client is closed before it sends a byte, counted in the stats
+tree as ``admin.connections_denied`` and logged once per interval (``admin_access_denied``).
 """
 
 from __future__ import annotations
@@ -26,10 +30,13 @@ from http import HTTPStatus
 
 import trio
 
+from gateproxy.core.access import AccessList
 from gateproxy.core.h1_server import ServerConnection
 from gateproxy.core.http_events import NEED_DATA, EndOfMessage, Request
+from gateproxy.core.limits import RejectionLog
 from gateproxy.core.prometheus import render_prometheus
 from gateproxy.errors import HTTPProtocolError
+from gateproxy.logs import event
 from gateproxy.net.listen_slots import open_guarded
 from gateproxy.net.listener import trio_listener
 
@@ -47,6 +54,42 @@ JSON_TYPE = "application/json"
 PROMETHEUS_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 TEXT_TYPE = "text/plain; charset=utf-8"
 INDEX = b"gateproxy admin\n\n/stats    JSON statistics\n/metrics  Prometheus metrics\n"
+
+
+class AdminGuard:
+    """Who may use the admin API (``admin.access``; ``access`` may be replaced by a reload) and
+    how many connections it turned away."""
+
+    def __init__(self, access: AccessList | None = None) -> None:
+        self.access = access
+        self.denied = 0
+        self._log = RejectionLog()
+
+    def admits(self, stream: trio.abc.Stream) -> bool:
+        access = self.access
+        if not access:
+            return True
+        client = _peer_ip(stream)
+        if access.allows(client):
+            return True
+        self.denied += 1
+        suppressed = self._log.note("*", "admin_access", now=trio.current_time())
+        if suppressed is not None:
+            event("admin_access_denied", client=client, suppressed_since_last=suppressed)
+        return False
+
+    def with_branch(self, stats: StatsProvider) -> StatsProvider:
+        """``stats`` plus this guard's ``admin`` branch."""
+        return lambda: {**stats(), "admin": {"connections_denied": self.denied}}
+
+
+def _peer_ip(stream: trio.abc.Stream) -> str:
+    sock = getattr(stream, "socket", None)
+    try:
+        peer = sock.getpeername() if sock is not None else None
+    except OSError:
+        peer = None
+    return str(peer[0]) if isinstance(peer, tuple) else "unknown"
 
 
 @dataclass(frozen=True)
@@ -165,12 +208,20 @@ async def _serve_connection(
 
 
 async def handle_admin_connection(
-    stream: trio.abc.Stream, *, stats: StatsProvider, refresh: Refresh = None
+    stream: trio.abc.Stream,
+    *,
+    stats: StatsProvider,
+    refresh: Refresh = None,
+    guard: AdminGuard | None = None,
 ) -> None:
-    """Serve one admin connection until it ends, then close it.
+    """Serve one admin connection until it ends, then close it (at once when ``guard`` denies
+    the client).
 
     Contains every error (logged, never raised) so the listener and other clients go on.
     """
+    if guard is not None and not guard.admits(stream):
+        await trio.aclose_forcefully(stream)
+        return
     async with stream:
         try:
             await _serve_connection(stream, stats, refresh)
@@ -185,6 +236,7 @@ async def serve_admin(
     *,
     stats: StatsProvider,
     refresh: Refresh = None,
+    guard: AdminGuard | None = None,
     task_status: trio.TaskStatus[list[trio.SocketListener]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve ``/stats`` and ``/metrics`` on ``listeners`` forever (never returns).
@@ -192,10 +244,14 @@ async def serve_admin(
     ``stats`` returns the stats tree (``gateproxy.core.metrics.build_stats`` or ``merge_stats``);
     it is called once per ``/stats`` or ``/metrics`` request. ``task_status.started(listeners)``
     is called once the accept loops run. ``refresh`` (the supervisor's: it asks every worker)
-    is awaited before each request, so ``stats`` can return what it gathered.
+    is awaited before each request, so ``stats`` can return what it gathered. ``guard``
+    checks ``admin.access`` and adds its ``admin`` branch to the tree.
     """
+    guard = guard if guard is not None else AdminGuard()
     await trio.serve_listeners(
-        partial(handle_admin_connection, stats=stats, refresh=refresh),
+        partial(
+            handle_admin_connection, stats=guard.with_branch(stats), refresh=refresh, guard=guard
+        ),
         listeners,
         task_status=task_status,
     )

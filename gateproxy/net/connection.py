@@ -1,6 +1,8 @@
 """One accepted connection: admission, TLS handshake under a deadline, then the pump.
 
-``handle_connection`` runs once per accepted socket. Admission (``max_connections``,
+``handle_connection`` runs once per accepted socket. The listener's ``access`` rules
+(``core.access``) come first: a denied address is closed at once, counted, not logged one by
+one. Admission (``max_connections``,
 ``max_connections_per_client``) is decided before any TLS work. Probers (``probe_clients``) get
 the stateless ``probe`` context, chosen from the address before the handshake; the handshake runs
 under ``handshake_timeout`` and is counted (full, resumed or failed). The request path itself is
@@ -23,6 +25,11 @@ from gateproxy.net.tls_stream import ServerTLSStream
 async def handle_connection(listener: ListenerRuntime, stream: trio.SocketStream) -> None:
     """Serve one accepted connection until it closes; never raises for client faults."""
     client_ip = _peer_ip(stream)
+    access = listener.policy.access
+    if access is not None and not access.allows(client_ip):
+        listener.denied(client=client_ip)
+        await trio.aclose_forcefully(stream)
+        return
     probe = listener.probes.is_probe_address(client_ip)
     limits = listener.limits_for(probe=probe)
     admitted = listener.admission.admit(client_ip, max_per_client=limits.max_connections_per_client)

@@ -115,6 +115,16 @@ class ListenerRuntime:
                 by_reason=storm.by_reason,
             )
 
+    def denied(self, *, client: str) -> None:
+        """Count a connection the access rules closed; one ``access_denied`` line per interval
+        for the whole listener (whichever clients), with the number left unlogged since."""
+        self.counters.connections_denied += 1
+        suppressed = self.rejections.note("*", "access", now=trio.current_time())
+        if suppressed is not None:
+            event(
+                "access_denied", listener=self.name, client=client, suppressed_since_last=suppressed
+            )
+
     def limits_for(self, *, probe: bool) -> LimitsConfig:
         return self.policy.limits_for(probe=probe)
 

@@ -34,6 +34,7 @@ def test_example_parses_and_matches_defaults() -> None:
     assert listener.tls.tickets == TicketsConfig()
     assert listener.tls == TLSConfig(certificates=listener.tls.certificates)
     assert listener.limits == LimitsConfig()
+    assert listener.access == () and listener.rate_limit is None  # no ACL, no rate limit
     assert config.session_guard == SessionGuardConfig()
     assert config.access_log == AccessLogConfig()
     defaults = UpstreamConfig(servers=("127.0.0.1:8080",))
