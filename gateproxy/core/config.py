@@ -29,6 +29,7 @@ from pydantic import (
     model_validator,
 )
 
+from gateproxy.core.config_proxy_protocol import CidrList, ProxyProtocolConfig
 from gateproxy.core.units import parse_duration, parse_size
 from gateproxy.errors import ConfigError, ConfigProblem
 
@@ -274,6 +275,8 @@ class ListenerConfig(_Model):
     limits: LimitsConfig = LimitsConfig()
     probe_limits: ProbeLimitsConfig = ProbeLimitsConfig()
     routes: Annotated[tuple[RouteConfig, ...], Field(min_length=1)]
+    proxy_protocol: ProxyProtocolConfig | None = None  # PROXY v1/v2 headers (core.client_address)
+    trusted_forwarded: CidrList = ()  # L7 hops whose X-Forwarded-For names the client
 
 
 # --- upstreams ----------------------------------------------------------------------------------

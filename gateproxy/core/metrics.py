@@ -55,6 +55,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, fields, is_dataclass
 
+from gateproxy.core.client_address import PROXY_REJECT_REASONS
 from gateproxy.core.lingering import LINGER_ENDINGS
 
 #: The enforceable limits of ``listeners[].limits`` (config.LimitsConfig): reported even at 0.
@@ -96,6 +97,10 @@ class ListenerCounters:
     responses_by_class: dict[str, int] = field(default_factory=lambda: _zeros(RESPONSE_CLASSES))
     limits: dict[str, int] = field(default_factory=lambda: _zeros(LIMIT_NAMES))
     lingering_closes: dict[str, int] = field(default_factory=lambda: _zeros(LINGER_ENDINGS))
+    # PROXY protocol headers: accepted (with an address / LOCAL) and refused connections.
+    proxy_accepted: int = 0
+    proxy_local: int = 0
+    proxy_rejected: dict[str, int] = field(default_factory=lambda: _zeros(PROXY_REJECT_REASONS))
 
     def lingered(self, ending: str) -> None:
         """Count one lingering close by how it ended (``core.lingering.LINGER_ENDINGS``)."""
@@ -211,6 +216,11 @@ def _listener_tree(
         },
         "limits": dict(counters.limits),
         "lingering_closes": dict(counters.lingering_closes),
+        "proxy_protocol": {
+            "accepted": counters.proxy_accepted,
+            "local": counters.proxy_local,
+            "rejected": dict(counters.proxy_rejected),
+        },
     }
     handshakes = counters.handshakes_full + counters.handshakes_resumed + counters.handshakes_failed
     if engine is not None or handshakes:

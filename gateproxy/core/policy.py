@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+from gateproxy.core.client_address import ClientTrust
 from gateproxy.core.config import Config, LimitsConfig, ListenerConfig
 from gateproxy.core.health import HealthMatcher
 from gateproxy.core.metrics import ListenerCounters
@@ -38,6 +39,7 @@ class ListenerPolicy:
     """The decisions' inputs for one listener."""
 
     __slots__ = (
+        "client_trust",
         "counters",
         "guard",
         "health",
@@ -65,7 +67,9 @@ class ListenerPolicy:
         upstreams: Mapping[str, UpstreamState],
         service: ServiceState,
         tls: bool,
+        client_trust: ClientTrust | None = None,
     ) -> None:
+        self.client_trust = client_trust or ClientTrust(proxy_trusted=None)
         self.name = name
         self.limits = limits
         self.probe_limits = probe_limits
@@ -106,4 +110,13 @@ def build_policy(
         upstreams=upstreams,
         service=service,
         tls=listener.tls is not None,
+        client_trust=_client_trust(listener),
+    )
+
+
+def _client_trust(listener: ListenerConfig) -> ClientTrust:
+    proxy = listener.proxy_protocol
+    return ClientTrust(
+        proxy_trusted=proxy.trusted if proxy is not None else None,
+        forwarded_trusted=listener.trusted_forwarded,
     )

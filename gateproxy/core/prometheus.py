@@ -36,6 +36,15 @@ FAMILIES: dict[str, tuple[str, str]] = {
         "Connections closed after reading and discarding what the client still sent, by how "
         "that ended.",
     ),
+    "proxy_protocol_accepted_total": (
+        "counter",
+        "Connections whose PROXY protocol header was accepted (LOCAL ones included).",
+    ),
+    "proxy_protocol_rejected_total": (
+        "counter",
+        "Connections closed over their PROXY protocol header (missing from a trusted source, "
+        "sent by an untrusted one, invalid, or too slow), by reason.",
+    ),
     "tls_handshakes_total": ("counter", "TLS handshakes, by kind (full, resumed, failed)."),
     "tls_session_cache_entries": ("gauge", "TLS sessions held in the server session cache."),
     "tls_session_cache_max_entries": ("gauge", "Capacity of the TLS session cache (hard cap)."),
@@ -144,6 +153,7 @@ _LISTENER_PATHS = {
     "connections_rejected_total": ("connections", "rejected"),
     "requests_total": ("requests", "total"),
     "health_checks_total": ("requests", "health_checks"),
+    "proxy_protocol_accepted_total": ("proxy_protocol", "accepted"),
 }
 
 
@@ -162,6 +172,8 @@ def _render_listener(out: _Samples, name: str, tree: object) -> None:
         out.add("limit_enforced_total", (*ln, ("reason", limit)), value)
     for ending, value in _items(tree, "lingering_closes"):
         out.add("lingering_closes_total", (*ln, ("reason", ending)), value)
+    for reason, value in _items(tree, "proxy_protocol", "rejected"):
+        out.add("proxy_protocol_rejected_total", (*ln, ("reason", reason)), value)
     tls = _get(tree, "tls")
     if tls is None:
         return

@@ -1,6 +1,9 @@
 """One accepted connection: admission, TLS handshake under a deadline, then the pump.
 
-``handle_connection`` runs once per accepted socket. Admission (``max_connections``,
+``handle_connection`` runs once per accepted socket. On a ``proxy_protocol`` listener the PROXY
+header is read first (``net.proxy_header``): its source is the client address from then on,
+for admission, probe_clients, the TLS engine's per-client budget, the machine and the logs.
+Admission (``max_connections``,
 ``max_connections_per_client``) is decided before any TLS work. Probers (``probe_clients``) get
 the stateless ``probe`` context, chosen from the address before the handshake; the handshake runs
 under ``handshake_timeout`` and is counted (full, resumed or failed). The request path itself is
@@ -15,6 +18,7 @@ import trio
 from gateproxy.core.limits import Rejected
 from gateproxy.core.machine import ConnectionMachine
 from gateproxy.net.plain_stream import PlainStream
+from gateproxy.net.proxy_header import proxied_client
 from gateproxy.net.pump import ClientStream, Pump
 from gateproxy.net.runtime import ListenerRuntime
 from gateproxy.net.tls_stream import ServerTLSStream
@@ -23,6 +27,12 @@ from gateproxy.net.tls_stream import ServerTLSStream
 async def handle_connection(listener: ListenerRuntime, stream: trio.SocketStream) -> None:
     """Serve one accepted connection until it closes; never raises for client faults."""
     client_ip = _peer_ip(stream)
+    if listener.policy.client_trust.proxy_protocol:  # the PROXY header names the client
+        proxied = await proxied_client(listener, stream, peer=client_ip)
+        if proxied is None:
+            await trio.aclose_forcefully(stream)
+            return
+        client_ip = proxied
     probe = listener.probes.is_probe_address(client_ip)
     limits = listener.limits_for(probe=probe)
     admitted = listener.admission.admit(client_ip, max_per_client=limits.max_connections_per_client)
