@@ -61,7 +61,16 @@ class Enforced(Action):
 class LogRecord(Action):
     """One access-log line (``kind`` ``request``, ``health`` or ``probe``)."""
 
-    __slots__ = ("bytes_sent", "duration", "kind", "method", "status", "target", "upstream")
+    __slots__ = (
+        "bytes_sent",
+        "client",
+        "duration",
+        "kind",
+        "method",
+        "status",
+        "target",
+        "upstream",
+    )
 
     def __init__(
         self,
@@ -73,7 +82,9 @@ class LogRecord(Action):
         bytes_sent: int,
         upstream: str,
         duration: float,
+        client: str | None = None,
     ) -> None:
+        self.client = client  # None: the connection's client
         self.kind = kind
         self.method = method
         self.target = target

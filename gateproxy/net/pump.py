@@ -295,7 +295,7 @@ class Pump:
 
     def _log(self, record: LogRecord) -> None:
         self.listener.access_log.request(
-            client=self.client_ip,
+            client=record.client or self.client_ip,
             method=record.method,
             target=record.target,
             status=record.status,

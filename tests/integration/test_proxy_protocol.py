@@ -74,7 +74,7 @@ async def tls_get(daemon: Daemon, ca: trustme.CA, header: bytes, *, split: bool 
     if split:  # the header in pieces, as separate segments
         for i in range(0, len(header), 7):
             await tcp.send_all(header[i : i + 7])
-            await trio.sleep(0)
+            await trio.lowlevel.checkpoint()
     else:
         await tcp.send_all(header)
     tls = trio.SSLStream(tcp, client_context(ca), server_hostname="localhost")
@@ -204,3 +204,22 @@ async def test_header_and_request_in_one_segment() -> None:
                 second = await client.read_response()
     assert first.status == second.status == 200
     assert [r.header("x-forwarded-for") for r in up.requests] == ["203.0.113.7"] * 2
+
+
+async def test_trusted_forwarded_names_the_client_in_the_access_log(tmp_path: Path) -> None:
+    log = tmp_path / "access.log"
+    async with RecordingUpstream() as up:
+        config = proxy_config(
+            [plain_listener(trusted_forwarded=["127.0.0.0/8"])],
+            {"app": {"servers": [up.address]}},
+            access_log={"path": str(log)},
+        )
+        async with running_proxy(config) as daemon:
+            async with await connect(daemon, b"") as client:
+                await client.send(
+                    b"GET /x HTTP/1.1\r\nHost: app.test\r\n"
+                    b"X-Forwarded-For: 203.0.113.7, 127.0.0.9\r\n\r\n"
+                )
+                assert (await client.read_response()).status == 200
+    assert json.loads(log.read_text())["client"] == "203.0.113.7"
+    assert up.requests[0].header("x-forwarded-for") == "203.0.113.7, 127.0.0.9, 127.0.0.1"
