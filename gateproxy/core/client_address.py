@@ -26,6 +26,9 @@ from dataclasses import dataclass
 from gateproxy.core.probes import IPNetwork
 from gateproxy.core.proxy_protocol import ProxyHeader, ProxyHeaderInvalid
 
+#: The shell's client address when the socket's peer is gone before it was asked (a reset).
+UNKNOWN_PEER = "unknown"
+
 #: Why a connection was refused over its PROXY header (the stats keys, also in interfaces.md).
 PROXY_REJECT_REASONS = ("missing", "untrusted", "invalid", "timeout")
 

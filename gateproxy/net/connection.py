@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import trio
 
+from gateproxy.core.client_address import UNKNOWN_PEER
 from gateproxy.core.limits import Rejected
 from gateproxy.core.machine import ConnectionMachine
 from gateproxy.net.plain_stream import PlainStream
@@ -111,5 +112,5 @@ def _peer_ip(stream: trio.SocketStream) -> str:
     try:
         peer = stream.socket.getpeername()
     except OSError:
-        return "unknown"
+        return UNKNOWN_PEER
     return str(peer[0]) if isinstance(peer, tuple) else str(peer)

@@ -25,6 +25,7 @@ import socket
 import trio
 
 from gateproxy.core.client_address import (
+    UNKNOWN_PEER,
     ProxyAccepted,
     ProxyRejected,
     decide_proxy,
@@ -49,6 +50,8 @@ async def proxied_client(
     the connection must be closed (already counted and logged)."""
     config = listener.config.proxy_protocol
     assert config is not None
+    if peer == UNKNOWN_PEER:  # reset before we asked (HAProxy's checks close so): gone already
+        return None
     trust = listener.policy.client_trust
     sock = stream.socket
     if not trust.proxy_trusted(peer):
