@@ -67,7 +67,14 @@ async def connect(daemon: Daemon, header: bytes, name: str = "plain") -> RawClie
     return client
 
 
-async def tls_get(daemon: Daemon, ca: trustme.CA, header: bytes, *, split: bool = False) -> bytes:
+async def tls_get(
+    daemon: Daemon,
+    ca: trustme.CA,
+    header: bytes,
+    *,
+    split: bool = False,
+    tls_version: str | None = None,
+) -> bytes:
     """Header, then a real TLS handshake and a request; the response head and body."""
     host, port = daemon.addresses["public"]
     tcp = await trio.open_tcp_stream(host, port)
@@ -77,7 +84,8 @@ async def tls_get(daemon: Daemon, ca: trustme.CA, header: bytes, *, split: bool 
             await trio.lowlevel.checkpoint()
     else:
         await tcp.send_all(header)
-    tls = trio.SSLStream(tcp, client_context(ca), server_hostname="localhost")
+    context = client_context(ca, tls_version=tls_version)
+    tls = trio.SSLStream(tcp, context, server_hostname="localhost")
     with trio.fail_after(5):
         await tls.send_all(b"GET /x HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
         data = b""
@@ -118,6 +126,35 @@ async def test_tls_listener_takes_the_client_address_from_v1_and_v2_headers(
     assert stats["accepted"] == 6 and stats["local"] == 2
     assert sum(stats["rejected"].values()) == 0
     assert handshakes["full"] == 6 and handshakes["failed"] == 0
+
+
+async def test_session_cache_budget_is_per_proxy_address(
+    ca: trustme.CA, server_cert: CertPaths
+) -> None:
+    """``max_per_client`` of the session cache counts the header's address: three full
+    handshakes from one client keep two sessions, a second client gets its own budget."""
+    tls = {
+        "max_version": "1.2",
+        "session_cache": {"mode": "lru", "max_per_client": 2},
+        "tickets": {"enabled": False},
+    }
+    listener = tls_listener(
+        cert=server_cert.cert,
+        key=server_cert.key,
+        tls=tls,
+        proxy_protocol={"trusted": ["127.0.0.1"]},
+    )
+    entries = []
+    async with RecordingUpstream() as up:
+        async with running_proxy(
+            proxy_config([listener], {"app": {"servers": [up.address]}})
+        ) as daemon:
+            for source in ("203.0.113.7",) * 3 + ("203.0.113.8",) * 2:
+                answer = await tls_get(daemon, ca, v1(source), tls_version="TLSv1.2")
+                assert answer.startswith(b"HTTP/1.1 200")
+                tls_tree = daemon.stats()["listeners"]["public"]["tls"]  # type: ignore[index]
+                entries.append(tls_tree["session_cache"]["entries"])
+    assert entries == [1, 2, 2, 3, 4]
 
 
 async def test_probe_clients_match_the_proxy_address() -> None:
