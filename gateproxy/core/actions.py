@@ -67,6 +67,7 @@ class LogRecord(Action):
 
     __slots__ = (
         "bytes_sent",
+        "client",
         "duration",
         "first_byte",
         "headers",
@@ -89,7 +90,9 @@ class LogRecord(Action):
         duration: float,
         first_byte: float,
         headers: Headers,
+        client: str | None = None,
     ) -> None:
+        self.client = client  # None: the connection's client
         self.kind = kind
         self.method = method
         self.target = target

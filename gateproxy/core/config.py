@@ -30,6 +30,7 @@ from pydantic import (
 )
 
 from gateproxy.core.config_access import AccessRules
+from gateproxy.core.config_proxy_protocol import CidrList, ProxyProtocolConfig
 from gateproxy.core.config_rate_limit import RateLimitConfig
 from gateproxy.core.units import parse_duration, parse_size
 from gateproxy.errors import ConfigError, ConfigProblem
@@ -282,6 +283,8 @@ class ListenerConfig(_Model):
     routes: Annotated[tuple[RouteConfig, ...], Field(min_length=1)]
     access: AccessRules = ()  # nginx allow/deny, in order, first match wins (core.access)
     rate_limit: RateLimitConfig | None = None  # nginx limit_req per client (core.rate_limit)
+    proxy_protocol: ProxyProtocolConfig | None = None  # PROXY v1/v2 headers (core.client_address)
+    trusted_forwarded: CidrList = ()  # L7 hops whose X-Forwarded-For names the client
 
 
 # --- upstreams ----------------------------------------------------------------------------------

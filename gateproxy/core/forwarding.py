@@ -161,9 +161,13 @@ def prepare_forward(
     probe: bool,
     buffered: bytes,
     now: float,
+    client: str | None = None,
 ) -> Forward | Rejection | None:
     """Route and assemble ``request`` for its upstream; None when no route matches (404), a
-    rejection when the start of a chunked body (``buffered``) is already malformed."""
+    rejection when the start of a chunked body (``buffered``) is already malformed.
+
+    ``client_ip`` (the connection's) is appended to X-Forwarded-For; ``client`` (default: the
+    same) is the request's client for the session guard (``trusted_forwarded``: from the XFF)."""
     fields = request.headers
     host = header(fields, b"host")
     route = policy.router.match(host=host, path=request.target)
@@ -188,7 +192,7 @@ def prepare_forward(
         context = GuardContext(
             guard=policy.guard,
             fields=fields,
-            client=client_ip,
+            client=client or client_ip,
             is_probe=probe or policy.probes.is_probe_agent(header(fields, b"user-agent")),
             listener=policy.name,
             method=request.method,

@@ -55,6 +55,8 @@ _TARGET: Final = _table(bytes([0x21, 0x22, *range(0x24, 0x7F)]))  # visible ASCI
 def _only(data: bytes, table: bytes) -> bool:
     """Every byte of ``data`` is allowed by ``table``."""
     return 0 not in data.translate(table)  # (an int: a bytes needle costs a TypeError first)
+
+
 _VERSIONS: Final = {b"HTTP/1.1": b"1.1", b"HTTP/1.0": b"1.0"}
 _HOST = re.compile(rb"(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._~!$&'()*+,;=%-]*)(?::[0-9]*)?")
 _NOT_FAST_METHODS: Final = frozenset({b"CONNECT", b"TRACE"})

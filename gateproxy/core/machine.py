@@ -132,6 +132,7 @@ class ConnectionMachine:
         self._scheme = "https" if policy.tls else "http"
         self._head_started = True  # the first request's header timeout runs from the start
         self._request: Request | None = None
+        self._client = client_ip  # this request's client (trusted_forwarded: from its XFF)
         self._kind = "request"
         self._started_at = now
         self._first_byte_at = -1.0  # when this request's first upstream response byte came
@@ -304,6 +305,7 @@ class ConnectionMachine:
     def _on_request(self, request: Request, now: float) -> None:
         server, policy = self.server, self.policy
         self._request = request
+        self._client = self._request_client(request)
         self._started_at = now
         self._first_byte_at = -1.0
         self._bytes_sent = 0
@@ -334,6 +336,14 @@ class ConnectionMachine:
             return
         self._forward(request, now)
 
+    def _request_client(self, request: Request) -> str:
+        """The connection's client, or for a trusted L7 hop the client its XFF names."""
+        trust = self.policy.client_trust
+        if not trust.forwarded:
+            return self.client_ip
+        xff = [v for n, v in request.headers if n == b"x-forwarded-for"]
+        return trust.forwarded_client(self.client_ip, xff)
+
     def _close_decision(self, now: float) -> bool:
         """Whether this request's response closes the connection: decided (and a limit
         counted) once, when the request starts."""
@@ -351,6 +361,7 @@ class ConnectionMachine:
             self.policy,
             request,
             client_ip=self.client_ip,
+            client=self._client,
             probe=self.probe,
             buffered=self.server.buffered(),
             now=now,
@@ -618,6 +629,7 @@ class ConnectionMachine:
                 duration=now - started,
                 first_byte=first_byte - started if first_byte >= 0.0 else -1.0,
                 headers=request.headers,
+                client=self._client,
             )
         )
         self._request = None

@@ -60,6 +60,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, fields, is_dataclass
 
+from gateproxy.core.client_address import PROXY_REJECT_REASONS
 from gateproxy.core.histogram import Histogram
 from gateproxy.core.lingering import LINGER_ENDINGS
 
@@ -131,6 +132,10 @@ class ListenerCounters:
         if by_kind is None:
             by_kind = self.handshakes_by_version[version] = {"full": 0, "resumed": 0}
         by_kind["resumed" if resumed else "full"] += 1
+    # PROXY protocol headers: accepted (with an address / LOCAL) and refused connections.
+    proxy_accepted: int = 0
+    proxy_local: int = 0
+    proxy_rejected: dict[str, int] = field(default_factory=lambda: _zeros(PROXY_REJECT_REASONS))
 
     def lingered(self, ending: str) -> None:
         """Count one lingering close by how it ended (``core.lingering.LINGER_ENDINGS``)."""
@@ -262,6 +267,11 @@ def _listener_tree(
         "rate_limit": {
             "buckets": counters.rate_limit_buckets,
             "evictions": counters.rate_limit_evictions,
+        },
+        "proxy_protocol": {
+            "accepted": counters.proxy_accepted,
+            "local": counters.proxy_local,
+            "rejected": dict(counters.proxy_rejected),
         },
     }
     handshakes = counters.handshakes_full + counters.handshakes_resumed + counters.handshakes_failed

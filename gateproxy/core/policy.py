@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from gateproxy.core.access import AccessList
+from gateproxy.core.client_address import ClientTrust
 from gateproxy.core.config import Config, LimitsConfig, ListenerConfig
 from gateproxy.core.health import HealthMatcher
 from gateproxy.core.metrics import ListenerCounters
@@ -41,6 +42,7 @@ class ListenerPolicy:
 
     __slots__ = (
         "access",
+        "client_trust",
         "counters",
         "guard",
         "health",
@@ -71,7 +73,9 @@ class ListenerPolicy:
         tls: bool,
         access: AccessList | None = None,
         rate_limits: RateLimits | None = None,
+        client_trust: ClientTrust | None = None,
     ) -> None:
+        self.client_trust = client_trust or ClientTrust(proxy_trusted=None)
         self.name = name
         self.limits = limits
         self.probe_limits = probe_limits
@@ -120,4 +124,13 @@ def build_policy(
             if listener.rate_limit is not None
             else None
         ),
+        client_trust=_client_trust(listener),
+    )
+
+
+def _client_trust(listener: ListenerConfig) -> ClientTrust:
+    proxy = listener.proxy_protocol
+    return ClientTrust(
+        proxy_trusted=proxy.trusted if proxy is not None else None,
+        forwarded_trusted=listener.trusted_forwarded,
     )

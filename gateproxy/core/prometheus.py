@@ -52,6 +52,7 @@ FAMILIES: dict[str, tuple[str, str]] = {
     "upgraded_connections_total": (
         "counter",
         "Connections upgraded (101 Switching Protocols relayed), e.g. WebSocket.",
+    ),
     "bytes_received_total": ("counter", "Bytes read from clients (after TLS decryption)."),
     "bytes_sent_total": ("counter", "Bytes written to clients (before TLS encryption)."),
     "request_duration_seconds": (
@@ -61,6 +62,15 @@ FAMILIES: dict[str, tuple[str, str]] = {
     "request_first_byte_seconds": (
         "histogram",
         "Seconds from a request's head to the first byte of the upstream's response.",
+    ),
+    "proxy_protocol_accepted_total": (
+        "counter",
+        "Connections whose PROXY protocol header was accepted (LOCAL ones included).",
+    ),
+    "proxy_protocol_rejected_total": (
+        "counter",
+        "Connections closed over their PROXY protocol header (missing from a trusted source, "
+        "sent by an untrusted one, invalid, or too slow), by reason.",
     ),
     "tls_handshakes_total": ("counter", "TLS handshakes, by kind (full, resumed, failed)."),
     "tls_handshakes_by_version_total": (
@@ -225,6 +235,7 @@ _LISTENER_PATHS = {
     "health_checks_total": ("requests", "health_checks"),
     "upgraded_connections_open": ("upgrades", "open"),
     "upgraded_connections_total": ("upgrades", "total"),
+    "proxy_protocol_accepted_total": ("proxy_protocol", "accepted"),
 }
 
 
@@ -259,6 +270,8 @@ def _render_listener(out: _Samples, name: str, tree: object) -> None:
     latency = _get(tree, "latency")
     out.add_histogram("request_duration_seconds", ln, _get(latency, "request_seconds"))
     out.add_histogram("request_first_byte_seconds", ln, _get(latency, "first_byte_seconds"))
+    for reason, value in _items(tree, "proxy_protocol", "rejected"):
+        out.add("proxy_protocol_rejected_total", (*ln, ("reason", reason)), value)
     tls = _get(tree, "tls")
     if tls is None:
         return

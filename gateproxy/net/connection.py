@@ -1,8 +1,11 @@
 """One accepted connection: admission, TLS handshake under a deadline, then the pump.
 
-``handle_connection`` runs once per accepted socket. The listener's ``access`` rules
-(``core.access``) come first: a denied address is closed at once, counted, not logged one by
-one. Admission (``max_connections``,
+``handle_connection`` runs once per accepted socket. On a ``proxy_protocol`` listener the PROXY
+header is read first (``net.proxy_header``): its source is the client address from then on,
+for the access rules, admission, probe_clients, the TLS engine's per-client budget, the machine
+and the logs. The listener's ``access`` rules (``core.access``) come next (on the real client,
+as nginx's allow/deny with real_ip): a denied address is closed at once, counted, not logged
+one by one. Admission (``max_connections``,
 ``max_connections_per_client``) is decided before any TLS work. Probers (``probe_clients``) get
 the stateless ``probe`` context, chosen from the address before the handshake; the handshake runs
 under ``handshake_timeout`` and is counted (full, resumed or failed). The request path itself is
@@ -14,9 +17,11 @@ from __future__ import annotations
 
 import trio
 
+from gateproxy.core.client_address import UNKNOWN_PEER
 from gateproxy.core.limits import Rejected
 from gateproxy.core.machine import ConnectionMachine
 from gateproxy.net.plain_stream import PlainStream
+from gateproxy.net.proxy_header import proxied_client
 from gateproxy.net.pump import ClientStream, Pump
 from gateproxy.net.runtime import ListenerRuntime
 from gateproxy.net.tls_stream import ServerTLSStream
@@ -25,6 +30,12 @@ from gateproxy.net.tls_stream import ServerTLSStream
 async def handle_connection(listener: ListenerRuntime, stream: trio.SocketStream) -> None:
     """Serve one accepted connection until it closes; never raises for client faults."""
     client_ip = _peer_ip(stream)
+    if listener.policy.client_trust.proxy_protocol:  # the PROXY header names the client
+        proxied = await proxied_client(listener, stream, peer=client_ip)
+        if proxied is None:
+            await trio.aclose_forcefully(stream)
+            return
+        client_ip = proxied
     access = listener.policy.access
     if access is not None and not access.allows(client_ip):
         listener.denied(client=client_ip)
@@ -106,5 +117,5 @@ def _peer_ip(stream: trio.SocketStream) -> str:
     try:
         peer = stream.socket.getpeername()
     except OSError:
-        return "unknown"
+        return UNKNOWN_PEER
     return str(peer[0]) if isinstance(peer, tuple) else str(peer)

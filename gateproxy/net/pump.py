@@ -317,7 +317,7 @@ class Pump:
         if not access_log.enabled:
             return
         access_log.request(
-            client=self.client_ip,
+            client=record.client or self.client_ip,
             method=record.method,
             target=record.target,
             status=record.status,
