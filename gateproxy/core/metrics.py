@@ -132,6 +132,7 @@ class ListenerCounters:
         if by_kind is None:
             by_kind = self.handshakes_by_version[version] = {"full": 0, "resumed": 0}
         by_kind["resumed" if resumed else "full"] += 1
+
     # PROXY protocol headers: accepted (with an address / LOCAL) and refused connections.
     proxy_accepted: int = 0
     proxy_local: int = 0
