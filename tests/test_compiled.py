@@ -67,6 +67,8 @@ def test_the_machine_tests_pass_on_the_pure_python_modules() -> None:
             "-q",
             "-p",
             "no:cacheprovider",
+            "-n",
+            "0",  # one process: the suite around it already uses every core
             *MACHINE_TESTS,
             "tests/test_compiled.py::test_the_compiled_group_is_used_whole_or_not_at_all",
         ],
