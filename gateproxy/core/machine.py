@@ -330,7 +330,7 @@ class ConnectionMachine:
             self._refuse(refused, now)
             return
         rates = policy.rate_limits
-        if rates is not None and not rates.allow(self.client_ip, probe=self.probe, now=now):
+        if rates is not None and not rates.allow(self._client, probe=self.probe, now=now):
             self._enforce("rate_limit")  # answered after the body, if any, is read: keep-alive
             self._answer_after_body(error_answer(rates.status), now)
             return
