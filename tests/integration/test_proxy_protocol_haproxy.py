@@ -96,5 +96,7 @@ async def test_haproxy_send_proxy_sets_the_client_address(
             stats = proxy_protocol(daemon)
     assert answer.startswith(b"HTTP/1.1 200"), answer
     assert [r.header("x-forwarded-for") for r in up.requests] == [CLIENT]
-    assert stats["accepted"] == 1 + stats["local"]  # type: ignore[operator]
+    # the request's header, plus any health check that ran meanwhile (every 200 ms: v2 checks
+    # send LOCAL, v1 checks HAProxy's own TCP4 addresses, so how many is a matter of timing)
+    assert stats["accepted"] >= 1 + stats["local"]  # type: ignore[operator]
     assert stats["rejected"] == {"missing": 0, "untrusted": 0, "invalid": 0, "timeout": 0}
