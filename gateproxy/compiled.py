@@ -21,8 +21,10 @@ from pathlib import Path
 from types import ModuleType
 
 COMPILED = (
+    "access",
     "actions",
     "balancer",
+    "client_address",
     "exchange",
     "forwarding",
     "h11_fallback",
@@ -31,17 +33,20 @@ COMPILED = (
     "h1_server",
     "headers",
     "health",
+    "histogram",
     "http_events",
     "limits",
     "lingering",
     "machine",
     "pins",
     "policy",
+    "rate_limit",
     "request_checks",
     "request_rules",
     "routing",
     "session_guard",
     "shared_table",
+    "upgrade",
     "upstream_state",
 )
 _CORE = Path(__file__).resolve().parent / "core"
