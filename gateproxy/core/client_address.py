@@ -23,7 +23,7 @@ import ipaddress
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from gateproxy.core.probes import IPNetwork
+from gateproxy.core.access import IPNetwork, client_ip
 from gateproxy.core.proxy_protocol import ProxyHeader, ProxyHeaderInvalid
 
 #: The shell's client address when the socket's peer is gone before it was asked (a reset).
@@ -58,13 +58,8 @@ def in_networks(address: str, networks: Sequence[IPNetwork]) -> bool:
     """True when the IP literal ``address`` (IPv4-mapped IPv6 counts as IPv4) is in one."""
     if not networks:
         return False
-    try:
-        ip = ipaddress.ip_address(address.split("%", 1)[0])
-    except ValueError:
-        return False
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
-    return any(ip in net for net in networks)
+    ip = client_ip(address)
+    return ip is not None and any(ip in net for net in networks)
 
 
 class ClientTrust:

@@ -11,7 +11,7 @@ import ipaddress
 import re
 from collections.abc import Sequence
 
-IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+from gateproxy.core.access import IPNetwork, client_ip
 
 
 class ProbeClassifier:
@@ -35,12 +35,9 @@ class ProbeClassifier:
         known = self._cache.get(address)
         if known is not None:
             return known
-        try:
-            ip = ipaddress.ip_address(address.split("%", 1)[0])
-        except ValueError:
+        ip = client_ip(address)
+        if ip is None:
             return False
-        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-            ip = ip.ipv4_mapped
         found = any(ip in net for net in self._networks)
         if len(self._cache) > 4096:
             self._cache.clear()  # bounded: a memo, not a table that grows per client
