@@ -91,6 +91,9 @@ def run(args) -> dict:
                         "opts": vars(opts), "missing": missing,
                         "versions": env.versions(args.gateproxy, ctx.proxypy_bin)},
                "scenarios": {}}
+    build = results["meta"]["versions"]["gateproxy"]
+    if "pure-Python core" in build:  # a stale build measures the fallback, not the product
+        print(f"WARNING: {build}: these figures are not the compiled gateproxy", flush=True)
     signal.signal(signal.SIGTERM, _sigterm)
     try:
         direct = targets.start_upstream(ctx)

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from gateproxy import __version__
 from gateproxy.certgen import add_gen_cert_arguments
+from gateproxy.compiled import build_description
 from gateproxy.errors import ConfigError, GateproxyError
 
 
@@ -40,7 +41,9 @@ def _parser() -> argparse.ArgumentParser:
         prog="gateproxy",
         description="TLS-terminating HTTP/1.1 reverse proxy with hard session hygiene.",
     )
-    parser.add_argument("--version", action="version", version=f"gateproxy {__version__}")
+    parser.add_argument(
+        "--version", action="version", version=f"gateproxy {__version__}, {build_description()}"
+    )
     sub = parser.add_subparsers(dest="command")
     run = sub.add_parser("run", help="run the proxy in the foreground")
     run.add_argument("-c", "--config", required=True, help="YAML config file")

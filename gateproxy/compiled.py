@@ -103,6 +103,22 @@ def use_pure_python() -> bool:
     return True
 
 
+def build_description() -> str:
+    """How the core runs here, for ``gateproxy --version``: compiled, pure, or stale."""
+    modules = compiled_modules()
+    if not modules:
+        return "pure-Python core (nothing compiled)"
+    if os.environ.get("GATEPROXY_PURE_PYTHON") == "1":
+        return "pure-Python core (GATEPROXY_PURE_PYTHON=1)"
+    old = stale(modules)
+    if old:
+        return (
+            f"pure-Python core: compiled {old[0]} is older than its source "
+            "(pip install -e . rebuilds)"
+        )
+    return f"compiled core ({len(modules)} modules)"
+
+
 def running_compiled() -> bool:
     """Whether the connection machine in use is the compiled one."""
     from gateproxy.core import machine

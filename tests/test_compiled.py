@@ -80,3 +80,22 @@ def test_the_machine_tests_pass_on_the_pure_python_modules() -> None:
     )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
     assert " passed" in done.stdout and "failed" not in done.stdout
+
+
+@pytest.mark.parametrize("pure", ["1", ""])
+def test_version_names_the_core_the_console_script_runs(pure: str) -> None:
+    env = {**os.environ, "GATEPROXY_PURE_PYTHON": pure}
+    script = Path(sys.executable).parent / "gateproxy"
+    out = subprocess.run(
+        [str(script), "--version"], capture_output=True, text=True, env=env, check=True
+    ).stdout
+    probe = "from gateproxy.compiled import running_compiled; print(running_compiled())"
+    compiled = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, env=env, check=True
+    ).stdout.strip()
+    if compiled == "True":
+        assert f"compiled core ({len(COMPILED)} modules)" in out, out
+    else:
+        assert "pure-Python core" in out, out
+    if pure:
+        assert compiled == "False"
