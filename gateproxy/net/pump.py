@@ -366,6 +366,8 @@ class Pump:
         plan = self.machine.linger
         if how == LINGER and plan is not None:
             await linger_counted(self.client, plan, listener=self.listener)
+        elif self.client.close_nowait():  # no wait, so no deadline: the usual clean close
+            return
         grace = trio.CancelScope(deadline=trio.current_time() + CLOSE_GRACE, shield=True)
         with grace as scope, contextlib.suppress(*_BROKEN):
             await self.client.aclose()

@@ -150,11 +150,33 @@ class ServerTLSStream(trio.abc.Stream):
     async def aclose(self) -> None:
         """Send close_notify (not waiting for the peer's) and close the socket."""
         try:
-            await self.send_close_notify()
+            if self._closed:  # close_notify was made: send what is left of it (close_nowait)
+                await self._flush()
+            else:
+                await self.send_close_notify()
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
             pass
         finally:
             await self.transport_stream.aclose()
+
+    def close_nowait(self) -> bool:
+        """:meth:`aclose` without waiting, if the kernel takes the close_notify at once (the
+        common case: a clean close then needs no deadline of its own). False: some of it is
+        left, and :meth:`aclose` sends the rest and closes."""
+        if not self._closed:
+            self._closed = True
+            # written, or failed: what OpenSSL wrote goes out either way
+            with contextlib.suppress(ssl.SSLWantReadError, ssl.SSLError, ValueError):
+                self.ssl_object.unwrap()
+            try:
+                if not self._io.write_nowait(self._outgoing.read()):
+                    return False
+            except OSError:
+                pass  # the peer is gone: nothing more to send
+        elif self._io.unsent:
+            return False
+        self.transport_stream.socket.close()
+        return True
 
     async def send_close_notify(self) -> None:
         """Shut the TLS write direction: send close_notify, not waiting for the peer's. The

@@ -444,13 +444,27 @@ def ssl_pointer(ssl_object: ssl.SSLObject) -> int:
     return ssl_pointer_checked(get_libssl(), ssl_object)
 
 
+_LAYOUT_SEEN: set[tuple[int, int, int]] = set()
+"""(SSL_OFFSET, SSL_CTXREF_OFFSET, CTX_OFFSET) combinations a full check passed in this process."""
+
+
 def ssl_pointer_checked(lib: LibSSL, ssl_object: ssl.SSLObject) -> int:
-    """:func:`ssl_pointer` with an explicit library handle."""
+    """:func:`ssl_pointer` with an explicit library handle.
+
+    The object layout cannot change within a process: once the full check passed for the
+    current offsets, later calls only check the type and read the pointer (two to four calls
+    per connection, so this is on the per-connection path)."""
     inner: object = getattr(ssl_object, "_sslobj", None)
     context: object = getattr(inner, "context", None)
     if inner is None or not isinstance(context, ssl.SSLContext):
         raise TLSEngineError("pointers", "not an ssl.SSLObject wrapping an _ssl._SSLSocket")
     base = id(inner)
+    layout = (SSL_OFFSET, SSL_CTXREF_OFFSET, CTX_OFFSET)
+    if layout in _LAYOUT_SEEN:
+        ptr = _read_pointer(base + SSL_OFFSET)
+        if not ptr:
+            raise TLSEngineError("pointers", f"SSL pointer at offset {SSL_OFFSET} is NULL")
+        return ptr
     if _read_pointer(base + SSL_CTXREF_OFFSET) != id(context):
         raise TLSEngineError(
             "pointers",
@@ -465,6 +479,7 @@ def ssl_pointer_checked(lib: LibSSL, ssl_object: ssl.SSLObject) -> int:
             "pointers",
             f"SSL_get_SSL_CTX of the SSL* at offset {SSL_OFFSET} is not the context's SSL_CTX*",
         )
+    _LAYOUT_SEEN.add(layout)
     return ptr
 
 

@@ -15,7 +15,7 @@ import trustme
 from gateproxy.net.fd_io import CHECKPOINT_EVERY
 from gateproxy.net.tls_stream import ServerTLSStream
 from tests.conftest import CertPaths
-from tests.helpers.sockets import SocketPair, tcp_pair
+from tests.helpers.sockets import SocketPair, cancel_when_blocked, small_buffers, tcp_pair
 from tests.helpers.tls_bio import MALFORMED, BioClient
 
 Client = trio.SSLStream[trio.SocketStream]
@@ -196,6 +196,43 @@ async def test_server_aclose_sends_close_notify_then_is_closed(
         await server.send_all(b"late")
     with trio.testing.assert_checkpoints():
         await server.aclose()  # a no-op, but still a checkpoint
+    assert server.transport_stream.socket.fileno() == -1
+
+
+async def test_close_nowait_sends_close_notify_and_closes_without_a_checkpoint(
+    sockets: SocketPair, server_ctx: ssl.SSLContext, client_ctx: ssl.SSLContext
+) -> None:
+    server, client = await handshake(sockets, server_ctx, client_ctx)
+    await echo(server, client)
+    with trio.testing.assert_no_checkpoints():
+        assert server.close_nowait()
+    assert server.transport_stream.socket.fileno() == -1
+    assert await client.receive_some() == b""  # close_notify, not a bare EOF
+
+
+async def test_close_nowait_leaves_a_blocked_close_to_aclose(
+    sockets: SocketPair, server_ctx: ssl.SSLContext, client_ctx: ssl.SSLContext
+) -> None:
+    """A response the kernel did not take yet: close_nowait must not drop it nor close; aclose
+    sends the rest and the close_notify after it."""
+    server, client = await handshake(sockets, server_ctx, client_ctx)
+    await echo(server, client)
+    small_buffers(server.transport_stream, client.transport_stream)
+    body = b"b" * 600_000
+    await cancel_when_blocked(server.send_all, body)
+    assert not server.close_nowait()
+    assert server.transport_stream.socket.fileno() != -1
+    received = bytearray()
+
+    async def read_all() -> None:
+        while chunk := await client.receive_some(65536):
+            received.extend(chunk)
+
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(read_all)
+            await server.aclose()
+    assert received == body  # every byte, then a clean end (a bare EOF would raise)
     assert server.transport_stream.socket.fileno() == -1
 
 

@@ -88,6 +88,18 @@ def test_ssl_pointer_belongs_to_its_context(ca: trustme.CA) -> None:
     assert lib.get_ssl_ctx(ptr) == L.ctx_pointer(ctx)
 
 
+def test_ssl_pointers_after_the_layout_was_checked_still_belong_to_their_context(
+    ca: trustme.CA,
+) -> None:
+    lib = L.get_libssl()
+    contexts = [server_context(ca), server_context(ca)]
+    objects = [c.wrap_bio(ssl.MemoryBIO(), ssl.MemoryBIO(), server_side=True) for c in contexts]
+    L.ssl_pointer(objects[0])  # the full check, once per process and layout
+    pointers = [L.ssl_pointer(o) for o in objects]
+    assert len(set(pointers)) == 2
+    assert [lib.get_ssl_ctx(p) for p in pointers] == [L.ctx_pointer(c) for c in contexts]
+
+
 @pytest.mark.parametrize("attr, offset", [("SSL_OFFSET", 16), ("SSL_OFFSET", 32)])
 def test_wrong_ssl_offset_is_detected(
     ca: trustme.CA, monkeypatch: pytest.MonkeyPatch, attr: str, offset: int
