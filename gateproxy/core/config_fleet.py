@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Annotated
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
@@ -24,15 +25,36 @@ from gateproxy.errors import ConfigProblem
 if TYPE_CHECKING:
     from gateproxy.core.config import Config
 
-__all__ = ["FleetConfig", "FleetRedisConfig", "fleet_problems"]
+__all__ = [
+    "FleetConfig",
+    "FleetRedisConfig",
+    "fleet_listeners",
+    "fleet_problems",
+    "parse_redis_url",
+]
 
-_SCHEMES = ("redis://", "rediss://", "unix://")
+_URL_HELP = "expected redis://HOST:PORT/DB, rediss://HOST:PORT/DB or unix:///PATH"
 
 
-def _parse_url(value: object) -> str:
-    if isinstance(value, str) and value.startswith(_SCHEMES) and len(value) > 10:
+def parse_redis_url(value: object) -> str:
+    """``value`` if it is a Redis URL coredis can open (scheme, host, port 1-65535, db >= 0)."""
+    if not isinstance(value, str):
+        raise ValueError(f"{_URL_HELP}, got {value!r}")
+    try:
+        url = urlsplit(value)
+        port = url.port
+    except ValueError:
+        raise ValueError(f"{_URL_HELP}, got {value!r} (bad port)") from None
+    if url.scheme == "unix" and url.path:
         return value
-    raise ValueError(f"expected a redis://host:port/db (or rediss://, unix://) URL, got {value!r}")
+    if url.scheme not in ("redis", "rediss") or not url.hostname:
+        raise ValueError(f"{_URL_HELP}, got {value!r}")
+    if port == 0:
+        raise ValueError(f"{_URL_HELP}, got {value!r} (port 0)")
+    db = url.path.lstrip("/")
+    if db and not db.isdigit():
+        raise ValueError(f"{_URL_HELP}, got {value!r} (the db is a number)")
+    return value
 
 
 class _Block(BaseModel):
@@ -40,7 +62,7 @@ class _Block(BaseModel):
 
 
 class FleetRedisConfig(_Block):
-    url: Annotated[str, BeforeValidator(_parse_url)] = "redis://127.0.0.1:6379/0"
+    url: Annotated[str, BeforeValidator(parse_redis_url)] = "redis://127.0.0.1:6379/0"
     key_prefix: Annotated[str, Field(min_length=1, pattern=r"^[A-Za-z0-9_.:-]+$")] = "gateproxy"
     # one store round trip (connect included); a slower store counts as unreachable
     timeout: Annotated[float, BeforeValidator(parse_duration), Field(gt=0)] = 0.5
