@@ -134,12 +134,11 @@ class FleetKeys:
         """How long the runner may sleep: until the next slot boundary of any listener (just
         after it), or ``RETRY`` while something is missing."""
         wall = self._wall()
-        if any(state.missing(now=wall) for state in self._states.values()):
-            return RETRY
         boundary = min((s.next_boundary(now=wall) for s in self._states.values()), default=None)
-        if boundary is None:
-            return RETRY
-        return min(RETRY * 60, max(0.0, boundary - wall) + 0.01)
+        until_boundary = RETRY if boundary is None else max(0.0, boundary - wall) + 0.01
+        if any(state.missing(now=wall) for state in self._states.values()):
+            return min(RETRY, until_boundary)
+        return min(RETRY * 60, until_boundary)
 
     def stats(self) -> dict[str, dict[str, object]]:
         """Listener name -> what /stats shows under ``tls.tickets.fleet``."""
@@ -165,6 +164,8 @@ class FleetKeys:
         except Exception as exc:  # every store failure is the same miss: a Redis error
             self._failed(due, reason=_describe(exc))
             return
+        for state in due.values():
+            state.store_worked()
         if self._down:
             self._down = False
             event("fleet_rejoined", listeners=sorted(due))
@@ -192,9 +193,7 @@ class FleetKeys:
         created = slot_start(slot, rotate_every=state.rotate_every)
         if state.may_create(slot, now=wall):
             candidate = new_ticket_key(random_bytes=self._random, now=created)
-            sealed = self._sealer.seal(
-                candidate, store_key=key_name, nonce=self._random(NONCE_LEN)
-            )
+            sealed = self._sealer.seal(candidate, store_key=key_name, nonce=self._random(NONCE_LEN))
             ttl = key_ttl(rotate_every=state.rotate_every, keep=state.keep)
             if await client.set(key_name, sealed, condition=PureToken.NX, ex=ttl):
                 state.learn(slot, candidate, now=wall, created_here=True)

@@ -65,8 +65,9 @@ class SupervisorKeys:
                 if ring is not None:
                     rings[lc.name] = (settings, ring)
             elif settings == _FLEET and self._fleet is not None:
-                ring = KeyRing.from_keys(self._fleet.ring_keys(lc.name, now=now))
-                rings[lc.name] = (settings, ring)
+                fleet_keys = self._fleet.ring_keys(lc.name, now=now)
+                if fleet_keys:  # none before the first round: the workers make their own
+                    rings[lc.name] = (settings, KeyRing.from_keys(fleet_keys))
             elif isinstance(settings, tuple):
                 if kept is not None and kept[0] == settings:
                     rings[lc.name] = kept
@@ -103,7 +104,9 @@ class SupervisorKeys:
         for name in names:
             entry = self._rings.get(name)
             if entry is not None and entry[0] == _FLEET and self._fleet is not None:
-                entry[1].replace(self._fleet.ring_keys(name, now=now))
+                fleet_keys = self._fleet.ring_keys(name, now=now)
+                if fleet_keys:
+                    entry[1].replace(fleet_keys)
 
     def rotate_if_due(self, *, now: float) -> list[str]:
         """Rotate every ring that is due; the names of the listeners whose keys changed."""
