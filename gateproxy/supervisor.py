@@ -460,7 +460,7 @@ class Supervisor:
             event(
                 "fleet_keys_changed",
                 listener=name,
-                mode=fleet.get("mode"),
+                source=fleet.get("source"),
                 slot=fleet.get("slot"),
                 keys=self.keys.prefixes(name),
             )

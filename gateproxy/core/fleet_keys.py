@@ -230,7 +230,7 @@ class FleetKeyState:
         current = self.current_slot(now=now)
         return self._fleet.get(current) or self._local.get(current)
 
-    def mode(self, *, now: float) -> str:
+    def source(self, *, now: float) -> str:
         """``fleet`` (encrypting with the shared key), ``local`` (fallback) or ``none``."""
         held = self.encryption_key(now=now)
         return "none" if held is None else held.origin
@@ -252,7 +252,7 @@ class FleetKeyState:
         current = self.current_slot(now=now)
         encrypt = self.encryption_key(now=now)
         return {
-            "mode": self.mode(now=now),
+            "source": self.source(now=now),
             "slot": current,
             "rotate_every_s": self.rotate_every,
             "keep": self.keep,

@@ -97,6 +97,8 @@ FAMILIES: dict[str, tuple[str, str]] = {
     "tls_fleet_keys_created_total": ("counter", "Fleet slot keys this host made (SET NX won)."),
     "tls_fleet_redis_errors_total": ("counter", "Failed Redis rounds for fleet ticket keys."),
     "tls_fleet_fallbacks_total": ("counter", "Local random keys made because Redis failed."),
+    "tls_fleet_rejoins_total": ("counter", "Redis rounds that worked again after failing."),
+    "tls_fleet_redis_down": ("gauge", "1 from a failed Redis round until one works, else 0."),
     "upstream_requests_total": ("counter", "Requests forwarded to the upstream."),
     "upstream_failures_total": ("counter", "Upstream failures, by reason."),
     "upstream_bytes_sent_total": ("counter", "Request bytes written to the upstream's servers."),
@@ -310,10 +312,11 @@ def _render_fleet_keys(out: _Samples, ln: Labels, fleet: object) -> None:
         return
     out.add("tls_fleet_key_slot", ln, fleet.get("slot"))
     out.add("tls_fleet_key_age_seconds", ln, fleet.get("key_age_s"))
-    out.add("tls_fleet_key_local", ln, int(fleet.get("mode") == "local"))
+    out.add("tls_fleet_key_local", ln, int(fleet.get("source") == "local"))
     for name in ("fetched", "created"):
         out.add(f"tls_fleet_keys_{name}_total", ln, fleet.get(name))
-    for name in ("redis_errors", "fallbacks"):
+    out.add("tls_fleet_redis_down", ln, int(fleet.get("store_down") is True))
+    for name in ("redis_errors", "fallbacks", "rejoins"):
         out.add(f"tls_fleet_{name}_total", ln, fleet.get(name))
 
 

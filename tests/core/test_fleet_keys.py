@@ -50,13 +50,13 @@ def test_store_down_keeps_held_key_then_falls_back_then_rejoins() -> None:
     assert not state.store_failed(now=2.0, reason="down", random_bytes=rand)
     assert state.ring_keys(now=2.0)[0] == fleet and state.stats.fallbacks == 0
     assert state.store_failed(now=11.0, reason="down", random_bytes=rand)  # slot 1: no key
-    assert state.mode(now=11.0) == "local" and state.stats.fallbacks == 1
+    assert state.source(now=11.0) == "local" and state.stats.fallbacks == 1
     local = state.ring_keys(now=11.0)[0]
     assert 1 in state.missing(now=11.0)  # rejoin: ask again
     back = new_ticket_key(random_bytes=rand, now=10.0)
     state.learn(1, back, now=12.0, created_here=False)
     ring = state.ring_keys(now=12.0)
-    assert ring[0] == back and local in ring[1:] and state.mode(now=12.0) == "fleet"
+    assert ring[0] == back and local in ring[1:] and state.source(now=12.0) == "fleet"
 
 
 def test_a_rejoin_is_counted_once_when_the_store_works_again() -> None:

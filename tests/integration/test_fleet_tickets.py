@@ -14,8 +14,6 @@ The session cache is off, so only tickets can resume.
 
 from __future__ import annotations
 
-import json
-import os
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -27,8 +25,8 @@ import trustme
 
 from tests.conftest import CertPaths
 from tests.helpers.clients import Response, https_request
-from tests.helpers.proxy import proxy_config, tls_listener
-from tests.helpers.redis_server import RedisServer, running_redis
+from tests.helpers.fleet import fleet_config_file
+from tests.helpers.redis_server import running_redis
 from tests.helpers.supervised import GATEPROXY, Supervised, supervised_file
 from tests.helpers.tls_sessions import session_of
 from tests.helpers.upstreams import RecordingUpstream
@@ -36,24 +34,12 @@ from tests.helpers.upstreams import RecordingUpstream
 FAKETIME_LIB = Path("/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1")
 
 
-def _write_config(
-    tmp_path: Path, name: str, cert: CertPaths, upstream: str, redis: RedisServer, rotate: str
+def _host_config(
+    tmp_path: Path, name: str, cert: CertPaths, upstream: str, redis_url: str, rotate: str
 ) -> Path:
-    secret = tmp_path / "fleet.secret"  # the same file for both hosts
-    if not secret.exists():
-        secret.write_bytes(os.urandom(32))
-    tls = {
-        "session_cache": {"mode": "off"},
-        "tickets": {"source": "fleet", "rotate_every": rotate, "keep": 1},
-    }
-    listener = tls_listener(cert=cert.cert, key=cert.key, tls=tls)
-    fleet = {"redis": {"url": redis.url, "timeout": "200ms"}, "secret_file": str(secret)}
-    config = proxy_config(
-        [listener], {"app": {"servers": [upstream]}}, fleet=fleet, shutdown_timeout="2s"
+    return fleet_config_file(
+        tmp_path, name, cert=cert, upstream=upstream, redis_url=redis_url, rotate=rotate
     )
-    path = tmp_path / f"{name}.yaml"
-    path.write_text(json.dumps(config))  # JSON is YAML
-    return path
 
 
 async def _fleet(proxy: Supervised) -> dict[str, Any]:
@@ -84,7 +70,7 @@ async def test_tickets_resume_across_hosts_and_three_rotations_and_old_ones_full
     tmp_path: Path, ca: trustme.CA, server_cert: CertPaths
 ) -> None:
     async with running_redis(tmp_path) as redis, RecordingUpstream() as up:
-        paths = [_write_config(tmp_path, n, server_cert, up.address, redis, "1s") for n in "ab"]
+        paths = [_host_config(tmp_path, n, server_cert, up.address, redis.url, "1s") for n in "ab"]
         async with supervised_file(paths[0]) as a, supervised_file(paths[1]) as b:
             first = await _get(a, ca)
             start = (await _fleet(a))["slot"]
@@ -94,7 +80,7 @@ async def test_tickets_resume_across_hosts_and_three_rotations_and_old_ones_full
             for step in (1, 2, 3):
                 await _until([a, b], lambda f, s=start + step: f["slot"] >= s)
                 fa, fb = await _fleet(a), await _fleet(b)
-                assert fa["mode"] == fb["mode"] == "fleet" and fa["key"] == fb["key"]
+                assert fa["source"] == fb["source"] == "fleet" and fa["key"] == fb["key"]
                 seen_keys.add(fa["key"])
                 for host in (a, b):
                     latest = await _get(host, ca, resume=latest)
@@ -120,7 +106,7 @@ async def test_a_host_whose_clock_runs_ahead_still_resumes_its_peers_tickets(
         *GATEPROXY,
     )
     async with running_redis(tmp_path) as redis, RecordingUpstream() as up:
-        paths = [_write_config(tmp_path, n, server_cert, up.address, redis, "4s") for n in "ab"]
+        paths = [_host_config(tmp_path, n, server_cert, up.address, redis.url, "4s") for n in "ab"]
         async with supervised_file(paths[0]) as a, supervised_file(paths[1], prefix=ahead) as b:
             # wait until B (ahead) is in the next slot and A's boundary is still >= 1 s away
             with trio.fail_after(2 * rotate):
@@ -168,7 +154,7 @@ async def test_redis_killed_under_load_nothing_fails_hosts_fall_back_then_rejoin
     tmp_path: Path, ca: trustme.CA, server_cert: CertPaths
 ) -> None:
     async with running_redis(tmp_path) as redis, RecordingUpstream() as up:
-        paths = [_write_config(tmp_path, n, server_cert, up.address, redis, "1s") for n in "ab"]
+        paths = [_host_config(tmp_path, n, server_cert, up.address, redis.url, "1s") for n in "ab"]
         async with supervised_file(paths[0]) as a, supervised_file(paths[1]) as b:
             assert (await _get(b, ca, resume=await _get(a, ca))).session_reused
             tally = {"requests": 0, "failed": 0, "reused": 0}
@@ -176,7 +162,7 @@ async def test_redis_killed_under_load_nothing_fails_hosts_fall_back_then_rejoin
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(_load, [a, b], ca, stop, tally)
                 await redis.kill()
-                await _until([a, b], lambda f: f["mode"] == "local" and f["fallbacks"] >= 1)
+                await _until([a, b], lambda f: f["source"] == "local" and f["fallbacks"] >= 1)
                 fa, fb = await _fleet(a), await _fleet(b)
                 assert fa["redis_errors"] >= 1 and fb["redis_errors"] >= 1
                 assert fa["store_down"] and fa["key"] != fb["key"]
@@ -185,7 +171,7 @@ async def test_redis_killed_under_load_nothing_fails_hosts_fall_back_then_rejoin
                 assert not (await _get(b, ca, resume=own)).session_reused  # not across
 
                 await redis.start()  # the same port, empty
-                await _until([a, b], lambda f: f["mode"] == "fleet" and f["rejoins"] >= 1)
+                await _until([a, b], lambda f: f["source"] == "fleet" and f["rejoins"] >= 1)
                 await _until([a, b], lambda f: not f["store_down"])
                 stop.set()
             assert tally["failed"] == 0 and tally["requests"] >= 10, tally

@@ -88,9 +88,8 @@ async def test_each_slot_key_is_made_once_and_both_hosts_hold_the_same_keys(
             f"{PREFIX}:{current}",
             f"{PREFIX}:{current + 1}",
         ]
-        assert (
-            sa["mode"] == "fleet" and sa["slot"] == current and sa["key"] == _names(a)[0][:4].hex()
-        )
+        assert (sa["source"], sa["slot"]) == ("fleet", current)
+        assert sa["key"] == _names(a)[0][:4].hex()
 
 
 async def _refresh_into(out: dict[str, list[str]], name: str, host: FleetKeys) -> None:
@@ -130,7 +129,7 @@ async def test_redis_down_is_a_bounded_counted_miss_then_a_fallback_then_a_rejoi
         assert await a.refresh() == ["public"]
         assert trio.current_time() - started < 1.0  # bounded by fleet.redis.timeout
         stats = a.stats()["public"]
-        assert (stats["mode"], stats["redis_errors"], stats["fallbacks"]) == ("fleet", 1, 0)
+        assert (stats["source"], stats["redis_errors"], stats["fallbacks"]) == ("fleet", 1, 0)
         assert _names(a)[0] == held[1]  # ring: current first, then next; now next encrypts
         assert stats["store_down"] is True and stats["last_error"]
 
@@ -138,7 +137,7 @@ async def test_redis_down_is_a_bounded_counted_miss_then_a_fallback_then_a_rejoi
         assert await a.refresh() == ["public"]
         assert await b.refresh() == ["public"]
         stats = a.stats()["public"]
-        assert (stats["mode"], stats["redis_errors"], stats["fallbacks"]) == ("local", 2, 1)
+        assert (stats["source"], stats["redis_errors"], stats["fallbacks"]) == ("local", 2, 1)
         assert _names(a)[0] != _names(b)[0]  # each host its own key: no resumption across
         local_a = _names(a)[0]
 
@@ -146,7 +145,7 @@ async def test_redis_down_is_a_bounded_counted_miss_then_a_fallback_then_a_rejoi
         assert await a.refresh() == ["public"]
         assert await b.refresh() == ["public"]
         sa, sb = a.stats()["public"], b.stats()["public"]
-        assert (sa["mode"], sa["rejoins"], sa["store_down"]) == ("fleet", 1, False)
-        assert (sb["mode"], sb["rejoins"]) == ("fleet", 1)
+        assert (sa["source"], sa["rejoins"], sa["store_down"]) == ("fleet", 1, False)
+        assert (sb["source"], sb["rejoins"]) == ("fleet", 1)
         assert _names(a)[0] == _names(b)[0] != local_a
         assert local_a in _names(a)  # the outage's tickets still resume here, decrypt-only
