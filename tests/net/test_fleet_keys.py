@@ -9,6 +9,7 @@ The two ``FleetKeys`` here are two hosts in one test process; their wall clock i
 from __future__ import annotations
 
 import os
+import signal
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -149,3 +150,26 @@ async def test_redis_down_is_a_bounded_counted_miss_then_a_fallback_then_a_rejoi
         assert (sb["source"], sb["rejoins"]) == ("fleet", 1)
         assert _names(a)[0] == _names(b)[0] != local_a
         assert local_a in _names(a)  # the outage's tickets still resume here, decrypt-only
+
+
+async def test_a_redis_that_accepts_but_never_answers_is_cut_at_the_timeout(
+    tmp_path: Path, server_cert: CertPaths
+) -> None:
+    async with running_redis(tmp_path) as redis:
+        clock = WallClock()
+        (a, _) = _hosts(_config(server_cert, redis, tmp_path, timeout="200ms"), tmp_path, clock)
+        assert redis.process is not None
+        redis.process.send_signal(signal.SIGSTOP)  # the kernel still accepts: no answer comes
+        try:
+            started = trio.current_time()
+            assert await a.refresh() == ["public"]  # a local key: the host has none
+            took = trio.current_time() - started
+        finally:
+            redis.process.send_signal(signal.SIGCONT)
+        stats = a.stats()["public"]
+        assert 0.15 <= took < 1.0, took
+        assert (stats["source"], stats["fallbacks"], stats["last_error"]) == (
+            "local",
+            1,
+            "timed out",
+        )
