@@ -173,3 +173,20 @@ async def test_a_redis_that_accepts_but_never_answers_is_cut_at_the_timeout(
             1,
             "timed out",
         )
+
+
+async def test_a_host_with_another_secret_cannot_open_the_keys_and_falls_back(
+    tmp_path: Path, server_cert: CertPaths
+) -> None:
+    async with running_redis(tmp_path) as redis:
+        clock = WallClock()
+        (a, _) = _hosts(_config(server_cert, redis, tmp_path), tmp_path, clock)
+        await a.refresh()
+        other_dir = tmp_path / "other"
+        other_dir.mkdir()
+        other = _hosts(_config(server_cert, redis, other_dir), other_dir, clock)[0]
+        assert await other.refresh() == ["public"]
+        stats = other.stats()["public"]
+        assert (stats["source"], stats["fallbacks"], stats["redis_errors"]) == ("local", 1, 1)
+        assert "does not open with this fleet secret" in str(stats["last_error"])
+        assert _names(other)[0] not in _names(a)
