@@ -1,4 +1,4 @@
-"""The ``gateproxy`` command: run, check, demo, gen-cert, keys.
+"""The ``gateproxy`` command: run, check, reload, demo, gen-cert, schema, keys, fleet.
 
 Parsing only; every command calls the daemon or a core function. Bad configs exit non-zero
 with every problem on its own line (file and dotted key path).
@@ -80,6 +80,15 @@ def _parser() -> argparse.ArgumentParser:
     new.add_argument("--format", choices=["nginx", "haproxy"], default="nginx")
     new.add_argument("--out", required=True, help="file to write")
     new.set_defaults(func=_cmd_keys_new)
+    fleet = sub.add_parser("fleet", help="fleet ticket keys shared through Redis")
+    fleet_sub = fleet.add_subparsers(dest="fleet_command", required=True)
+    status = fleet_sub.add_parser(
+        "status", help="what this host's running gateproxy sees (asks its admin /stats)"
+    )
+    status.add_argument("-c", "--config", required=True, help="YAML config file")
+    status.add_argument("--admin", help="HOST:PORT of the admin listener (default: admin.bind)")
+    status.add_argument("--json", action="store_true", help="print the fleet branches as JSON")
+    status.set_defaults(func=_cmd_fleet_status)
     return parser
 
 
@@ -187,3 +196,11 @@ def _cmd_keys_new(args: argparse.Namespace) -> int:
     os.chmod(args.out, 0o600)
     print(f"wrote {args.format} ticket key file {args.out} (mode 0600)")
     return 0
+
+
+def _cmd_fleet_status(args: argparse.Namespace) -> int:
+    from gateproxy.fleet_status import fleet_status
+
+    report, status = fleet_status(Path(args.config), admin=args.admin, as_json=args.json)
+    print(report)
+    return status

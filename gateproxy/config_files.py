@@ -25,9 +25,19 @@ def check_config_file(path: Path) -> tuple[CheckedConfig, str]:
         reason = exc.strerror if isinstance(exc, OSError) else f"not UTF-8 text ({exc.reason})"
         return CheckedConfig(None, (ConfigProblem("", f"cannot read config file: {reason}"),)), ""
     checked = check_config_text(text)
+    base_dir = path.resolve().parent
     return checked.with_problems(
-        certificate_problems(checked, base_dir=path.resolve().parent)
+        [*certificate_problems(checked, base_dir=base_dir), *fleet_problems(checked, base_dir)]
     ), text
+
+
+def fleet_problems(checked: CheckedConfig, base_dir: Path) -> list[ConfigProblem]:
+    """The problem with ``fleet.secret_file``, if the config has a fleet block."""
+    from gateproxy.net.fleet_keys import read_fleet_secret
+
+    if checked.config is None or checked.config.fleet is None:
+        return []
+    return read_fleet_secret(checked.config.fleet, base_dir=base_dir)[1]
 
 
 def certificate_problems(checked: CheckedConfig, *, base_dir: Path) -> list[ConfigProblem]:

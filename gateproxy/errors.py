@@ -4,6 +4,7 @@
     ├── ConfigError          the operator's config (file, dotted key path, rule)
     ├── TLSEngineError       the OpenSSL control layer could not be set up (step, reason)
     ├── KeyFileError         a ticket key file is malformed (path, rule)
+    ├── SealError            a fleet ticket key in the store does not open (secret, store key)
     ├── SharedStateError     a worker's shared memory does not match its config
     ├── UpstreamError        an upstream server misbehaved; maps to 502/504
     │   ├── UpstreamConnectError
@@ -72,6 +73,11 @@ class KeyFileError(GateproxyError):
     def __init__(self, path: str, message: str):
         self.path = path
         super().__init__(f"{path}: {message}")
+
+
+class SealError(GateproxyError):
+    """A fleet ticket key read from the store does not open: another fleet secret, a value
+    copied from another store key (listener or slot), or damaged bytes."""
 
 
 class SharedStateError(GateproxyError):

@@ -44,12 +44,13 @@ import trio
 from gateproxy.config_files import load_and_check
 from gateproxy.core.access import AccessList
 from gateproxy.core.config import Config
-from gateproxy.core.metrics import merge_stats
+from gateproxy.core.metrics import add_fleet_key_stats, merge_stats
 from gateproxy.core.restarts import RestartPolicy
 from gateproxy.errors import ConfigError, GateproxyError, first_error
 from gateproxy.logs import event
 from gateproxy.net.admin import AdminGuard, open_admin_listeners, serve_admin
 from gateproxy.net.fleet_health import FleetHealth
+from gateproxy.net.fleet_keys import FleetKeys
 from gateproxy.net.key_rings import SupervisorKeys
 from gateproxy.net.listen_slots import ListenError, ListenSlots, slot_key
 from gateproxy.net.procinfo import start_time
@@ -96,7 +97,8 @@ class Supervisor:
         self.base_dir = path.resolve().parent
         self.current = Generation(1, config, text)
         self.slots = ListenSlots()
-        self.keys = SupervisorKeys(base_dir=self.base_dir, source=str(path))
+        self.fleet_keys = FleetKeys(base_dir=self.base_dir)
+        self.keys = SupervisorKeys(base_dir=self.base_dir, source=str(path), fleet=self.fleet_keys)
         self.fleet = FleetHealth()
         self.retiring: list[WorkerHandle] = []
         self.policies: dict[int, RestartPolicy] = {}
@@ -138,7 +140,9 @@ class Supervisor:
             self._nursery = nursery
             nursery.start_soon(self._watch_signals)
             nursery.start_soon(self._timers)
+            await self._prepare_fleet_keys(self.current.config)
             self.keys.prepare(self.current.config, now=trio.current_time())
+            nursery.start_soon(self.fleet_keys.run, self._fleet_keys_changed)
             try:
                 await self._start_admin(self.current.config)  # likewise before any worker
                 if not await self._start_generation(self.current):
@@ -303,6 +307,7 @@ class Supervisor:
             gen = Generation(self.current.number + 1, config, text)
             if config.admin is not None and _admin_bind(config) != _admin_bind(self.current.config):
                 admin = await open_admin_listeners(config.admin.bind)  # busy: fail here
+            await self._prepare_fleet_keys(config)
             from_files = self.keys.prepare(config, now=trio.current_time())
             started = await self._start_generation(gen)
         except (ConfigError, ListenError) as exc:
@@ -406,6 +411,7 @@ class Supervisor:
         if isinstance(process, dict):  # the process systemd started: the service's start time
             process["start_time_s"] = start_time()
         self.fleet.add_stats(merged)
+        add_fleet_key_stats(merged, self.fleet_keys.stats())
         merged["supervisor"] = {
             "pid": os.getpid(),
             "workers": self.current.size,
@@ -434,6 +440,30 @@ class Supervisor:
                     await handle.send(message)
                 for name in rotated:
                     event("ticket_key_rotated", listener=name, keys=self.keys.prefixes(name))
+
+    async def _prepare_fleet_keys(self, config: Config) -> None:
+        """Before workers start: the fleet listeners' keys (fetched, or local if Redis is
+        unreachable: one bounded round, never a wait for Redis)."""
+        self.fleet_keys.configure(config)
+        if self.fleet_keys.listeners:
+            await self.fleet_keys.refresh()
+
+    async def _fleet_keys_changed(self, names: list[str]) -> None:
+        """A slot boundary, a fetched key, a fallback or a rejoin: hand the new keys over."""
+        self.keys.take_fleet_keys(names, now=trio.current_time())
+        message = {"op": "keys", "ticket_keys": self.keys.wire(now=trio.current_time())}
+        for handle in self._live_workers():
+            await handle.send(message)
+        stats = self.fleet_keys.stats()
+        for name in names:
+            fleet = stats.get(name, {})
+            event(
+                "fleet_keys_changed",
+                listener=name,
+                source=fleet.get("source"),
+                slot=fleet.get("slot"),
+                keys=self.keys.prefixes(name),
+            )
 
     async def _watch_signals(self) -> None:
         watched = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGHUP, signal.SIGUSR1)

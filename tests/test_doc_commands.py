@@ -51,6 +51,7 @@ SUBCOMMANDS = {
     "gen-cert",
     "keys",
     "schema",
+    "fleet",
     "--version",
     "--help",
     "-h",
@@ -68,6 +69,7 @@ PLACEHOLDERS = {
     ("--port", "N"): "0",
     ("--admin-port", "N"): "0",
     ("--pid", "N"): "{pid}",  # the reload handler puts in the running gateproxy's pid
+    ("--admin", "ADDRESS"): "{admin}",  # the fleet status handler: the running admin address
 }
 # Files the docs name without shipping them, as the docs describe them.
 FIXTURES = {
@@ -365,6 +367,20 @@ async def _reload(command: DocCommand, argv: list[str], sandbox: Sandbox) -> Non
         assert (await gp.wait_event("reloaded"))["generation"] == 2
 
 
+async def _fleet_status(command: DocCommand, argv: list[str], sandbox: Sandbox) -> None:
+    """Asks a running gateproxy of the config (its listeners take no fleet keys: it says so)."""
+    config = sandbox.root / _after(argv, "-c")
+    async with supervised_file(config, command=[str(SCRIPT), "run", "-c", str(config)]) as gp:
+        host, port = gp.admin
+        argv = [token.replace("{admin}", f"{host}:{port}") for token in argv]
+        done = await _gateproxy(command, argv, sandbox)
+    assert done.returncode == 0, done.stderr
+    if "--json" in argv:
+        assert json.loads(done.stdout) == {}
+    else:
+        assert done.stdout.startswith("no listener takes its ticket keys from the fleet")
+
+
 async def _demo(command: DocCommand, argv: list[str], sandbox: Sandbox) -> None:
     safe = [t for i, t in enumerate(argv) if not _is_port_option(argv, i)]
     program = [sys.executable, "-m", "gateproxy"] if command.python_m else [str(SCRIPT)]
@@ -404,6 +420,7 @@ HANDLERS: dict[str, Handler] = {
     "check": _check,
     "gen-cert": _gen_cert,
     "keys new": _keys_new,
+    "fleet status": _fleet_status,
     "run": _run,
     "reload": _reload,
     "demo": _demo,
@@ -419,7 +436,7 @@ def handler_for(command: DocCommand) -> Handler:
     is_mention = not any(t.startswith("-") for t in argv) and argv[0] != "demo"
     if is_mention and argv[0] in SUBCOMMANDS:
         return _mention
-    name = " ".join(argv[:2]) if argv[0] == "keys" else argv[0]
+    name = " ".join(argv[:2]) if argv[0] in ("keys", "fleet") else argv[0]
     assert name in HANDLERS, f"{command}: no handler for 'gateproxy {name}': add one to {__name__}"
     return HANDLERS[name]
 

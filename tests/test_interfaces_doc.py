@@ -4,6 +4,7 @@ and every ``/metrics`` family, the last two read from a real ``gateproxy run``."
 from __future__ import annotations
 
 import json
+import os
 import re
 import shlex
 import subprocess
@@ -22,6 +23,7 @@ from gateproxy.core.prometheus import FAMILIES, exported_name
 from tests.conftest import CertPaths, _write_leaf
 from tests.helpers.clients import https_request
 from tests.helpers.proxy import tls_listener
+from tests.helpers.sockets import free_port
 from tests.helpers.supervised import supervised
 from tests.helpers.upstreams import SessionApp
 
@@ -120,6 +122,12 @@ def test_top_level_config_keys_are_documented() -> None:
 async def _collect(tmp_path: Path, ca: trustme.CA, cert: CertPaths) -> tuple[dict[str, Any], str]:
     async with SessionApp() as app:  # a session per cookie-less request: guard tables fill
         health = {"path": "/health", "interval": "100ms", "rise": 1}
+        (tmp_path / "fleet.secret").write_bytes(os.urandom(32))
+        # fleet ticket keys with no Redis listening: a local fallback fills every fleet field
+        fleet = {
+            "redis": {"url": f"redis://127.0.0.1:{free_port()}/0", "timeout": "100ms"},
+            "secret_file": "fleet.secret",
+        }
         config = {
             "workers": 1,
             "listeners": [
@@ -127,11 +135,13 @@ async def _collect(tmp_path: Path, ca: trustme.CA, cert: CertPaths) -> tuple[dic
                     cert=cert.cert,
                     key=cert.key,
                     health_checks=[{"path": "/healthz", "upstream": "app"}],
+                    tls={"tickets": {"source": "fleet"}},
                 )
             ],
             "upstreams": {"app": {"servers": [app.address], "health": health}},
             "admin": {"bind": "127.0.0.1:0"},
             "access_log": {"path": "off"},
+            "fleet": fleet,
         }
         async with supervised(config, tmp_path) as gp:
             for path in ("/users/7", "/healthz"):
@@ -216,7 +226,10 @@ def test_a_workers_own_tree_is_the_merged_paths_without_the_supervisors(
 ) -> None:
     stats, _ = served
     merged = {
-        p for p in tree_paths(stats) if not p.startswith(("admin.", "supervisor.", "workers[]"))
+        p
+        for p in tree_paths(stats)
+        if not p.startswith(("admin.", "supervisor.", "workers[]"))
+        and ".tls.tickets.fleet." not in p  # the supervisor's fleet key state
     }
     [worker] = stats["workers"]
     assert tree_paths(worker["stats"]) == merged - {"process.workers"}

@@ -30,6 +30,7 @@ from pydantic import (
 )
 
 from gateproxy.core.config_access import AccessRules
+from gateproxy.core.config_fleet import FleetConfig, fleet_problems
 from gateproxy.core.config_proxy_protocol import CidrList, ProxyProtocolConfig
 from gateproxy.core.config_rate_limit import RateLimitConfig
 from gateproxy.core.units import parse_duration, parse_size
@@ -190,6 +191,7 @@ class TicketsConfig(_Model):
     keep: NonNegativeInt = 2
     key_files: tuple[str, ...] = ()
     key_format: Literal["nginx", "haproxy"] = "nginx"
+    source: Literal["local", "fleet"] = "local"  # fleet: keys shared through fleet.redis
 
 
 class TLSConfig(_Model):
@@ -348,6 +350,7 @@ class Config(_Model):
     session_guard: SessionGuardConfig = SessionGuardConfig()
     admin: AdminConfig | None = AdminConfig()
     access_log: AccessLogConfig = AccessLogConfig()
+    fleet: FleetConfig | None = None  # core/config_fleet.py
 
     def worker_count(self, *, cpus: int) -> int:
         """How many workers to run: ``workers``, or ``cpus`` for ``auto``."""
@@ -593,6 +596,8 @@ def _cross_check(checked: CheckedConfig) -> Iterator[ConfigProblem]:
     admin_bind = checked.admin_bind
     if admin_bind in seen_binds and admin_bind is not None and not admin_bind.endswith(":0"):
         yield ConfigProblem("admin.bind", f"bind {admin_bind!r} is also a listener's bind")
+    if checked.config is not None:
+        yield from fleet_problems(checked.config)
 
 
 def _check_listener(

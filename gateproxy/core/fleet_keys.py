@@ -33,7 +33,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal
 
-from gateproxy.core.ticket_keys import TicketKey, new_ticket_key
+from gateproxy.core.ticket_keys import NAME_LEN, TicketKey, new_ticket_key
 
 __all__ = [
     "FleetKeyState",
@@ -78,13 +78,43 @@ def store_key(*, prefix: str, listener: str, slot: int) -> str:
     return f"{prefix}:ticket-keys:{listener}:{slot}"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class SlotKey:
-    """A ticket key held for one slot, and whether it came from the store or was made here."""
+    """A ticket key held for one slot, and whether it came from the store or was made here.
+
+    The key bytes live in one ``bytearray`` that :meth:`wipe` overwrites with zeros when the slot
+    leaves the window. That is as far as Python lets us go: the :class:`TicketKey` values made
+    from it (``key``) hold immutable ``bytes`` copies, which the ring, the wire and OpenSSL's
+    parameter buffers keep until they are dropped and collected; they cannot be overwritten.
+    """
 
     slot: int
-    key: TicketKey
     origin: Origin
+    created: float
+    material: bytearray = field(repr=False)
+
+    @classmethod
+    def of(cls, slot: int, key: TicketKey, *, origin: Origin) -> SlotKey:
+        return cls(slot, origin, key.created, bytearray(key.name + key.aes_key + key.hmac_key))
+
+    @property
+    def key(self) -> TicketKey:
+        raw = bytes(self.material)
+        half = (len(raw) - NAME_LEN) // 2
+        return TicketKey(
+            name=raw[:NAME_LEN],
+            aes_key=raw[NAME_LEN : NAME_LEN + half],
+            hmac_key=raw[NAME_LEN + half :],
+            created=self.created,
+        )
+
+    @property
+    def name(self) -> bytes:
+        return bytes(self.material[:NAME_LEN])
+
+    def wipe(self) -> None:
+        """Overwrite the held key bytes with zeros (the slot left the window)."""
+        self.material[:] = bytes(len(self.material))
 
 
 @dataclass
@@ -93,13 +123,17 @@ class FleetStats:
 
     ``fetched``: slot keys read from the store; ``created``: slot keys this host won the
     ``SET NX`` for; ``redis_errors``: failed store round trips (unreachable, timeout, a value
-    that does not decrypt); ``fallbacks``: local random keys made because the store failed.
+    that does not decrypt); ``fallbacks``: local random keys made because the store failed;
+    ``rejoins``: store round trips that worked again after failing; ``wiped``: slot keys
+    overwritten with zeros as they left the window.
     """
 
     fetched: int = 0
     created: int = 0
     redis_errors: int = 0
     fallbacks: int = 0
+    rejoins: int = 0
+    wiped: int = 0
     last_error: str | None = None
 
 
@@ -114,6 +148,7 @@ class FleetKeyState:
     _fleet: dict[int, SlotKey] = field(default_factory=dict)
     _local: dict[int, SlotKey] = field(default_factory=dict)
     _asked: set[int] = field(default_factory=set)
+    _store_down: bool = False
 
     def __post_init__(self) -> None:
         if not self.rotate_every > 0:
@@ -153,13 +188,25 @@ class FleetKeyState:
 
     def learn(self, slot: int, key: TicketKey, *, now: float, created_here: bool) -> None:
         """The store's key for ``slot`` (``created_here``: this host's candidate won)."""
-        self._fleet[slot] = SlotKey(slot, key, "fleet")
+        self._fleet[slot] = SlotKey.of(slot, key, origin="fleet")
         self._asked.add(slot)
+        self.store_worked()
         if created_here:
             self.stats.created += 1
         else:
             self.stats.fetched += 1
         self._forget_old(now=now)
+
+    def store_worked(self) -> None:
+        """A store round trip worked: after failures, that is a rejoin (counted once)."""
+        if self._store_down:
+            self._store_down = False
+            self.stats.rejoins += 1
+
+    @property
+    def store_down(self) -> bool:
+        """True from a failed store round trip until one works again."""
+        return self._store_down
 
     def store_failed(
         self, *, now: float, reason: str, random_bytes: Callable[[int], bytes]
@@ -168,12 +215,13 @@ class FleetKeyState:
         local one (a fallback). Returns True when a local key was made."""
         self.stats.redis_errors += 1
         self.stats.last_error = reason
+        self._store_down = True
         self._forget_old(now=now)
         current = self.current_slot(now=now)
         if current in self._fleet or current in self._local:
             return False
         key = new_ticket_key(random_bytes=random_bytes, now=now)
-        self._local[current] = SlotKey(current, key, "local")
+        self._local[current] = SlotKey.of(current, key, origin="local")
         self.stats.fallbacks += 1
         return True
 
@@ -182,7 +230,7 @@ class FleetKeyState:
         current = self.current_slot(now=now)
         return self._fleet.get(current) or self._local.get(current)
 
-    def mode(self, *, now: float) -> str:
+    def source(self, *, now: float) -> str:
         """``fleet`` (encrypting with the shared key), ``local`` (fallback) or ``none``."""
         held = self.encryption_key(now=now)
         return "none" if held is None else held.origin
@@ -197,23 +245,23 @@ class FleetKeyState:
         window = set(wanted_slots(now=now, rotate_every=self.rotate_every, keep=self.keep))
         held = [k for k in (*self._fleet.values(), *self._local.values()) if k.slot in window]
         others = sorted((k for k in held if k is not encrypt), key=lambda k: (-k.slot, k.origin))
-        return [encrypt.key, *(k.key for k in others if k.key.name != encrypt.key.name)]
+        return [encrypt.key, *(k.key for k in others if k.name != encrypt.name)]
 
     def describe(self, *, now: float) -> dict[str, object]:
         """What /stats shows for this listener's fleet keys (never key bytes)."""
         current = self.current_slot(now=now)
         encrypt = self.encryption_key(now=now)
         return {
-            "mode": self.mode(now=now),
+            "source": self.source(now=now),
             "slot": current,
             "rotate_every_s": self.rotate_every,
             "keep": self.keep,
             "key_age_s": round(now - slot_start(current, rotate_every=self.rotate_every), 3)
             if encrypt is not None
             else None,
-            "key": encrypt.key.name_prefix() if encrypt is not None else None,
+            "key": encrypt.name[:4].hex() if encrypt is not None else None,
             "slots": [
-                {"slot": k.slot, "origin": k.origin, "key": k.key.name_prefix()}
+                {"slot": k.slot, "origin": k.origin, "key": k.name[:4].hex()}
                 for k in sorted(
                     (*self._fleet.values(), *self._local.values()), key=lambda k: -k.slot
                 )
@@ -222,6 +270,9 @@ class FleetKeyState:
             "created": self.stats.created,
             "redis_errors": self.stats.redis_errors,
             "fallbacks": self.stats.fallbacks,
+            "rejoins": self.stats.rejoins,
+            "store_down": self._store_down,
+            "wiped": self.stats.wiped,
             "last_error": self.stats.last_error,
         }
 
@@ -229,5 +280,6 @@ class FleetKeyState:
         oldest = self.current_slot(now=now) - self.keep
         for table in (self._fleet, self._local):
             for slot in [s for s in table if s < oldest]:
-                del table[slot]
+                table.pop(slot).wipe()
+                self.stats.wiped += 1
         self._asked = {slot for slot in self._asked if slot >= oldest}

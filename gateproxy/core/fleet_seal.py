@@ -18,6 +18,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from gateproxy.core.ticket_keys import NAME_LEN, TicketKey
+from gateproxy.errors import SealError
 
 __all__ = ["MIN_SECRET_LEN", "NONCE_LEN", "SealError", "Sealer"]
 
@@ -28,10 +29,6 @@ NONCE_LEN = 12
 _MAGIC = b"gpk1"
 _PLAIN_LEN = NAME_LEN + 32 + 32
 _INFO = b"gateproxy fleet ticket keys v1"
-
-
-class SealError(ValueError):
-    """A stored value that does not open: another secret, another store key, or damage."""
 
 
 class Sealer:

@@ -416,6 +416,19 @@ def add_counters(tree: dict[str, object], section: str, counters: Mapping[str, i
         branch[name] = (before if _is_number(before) else 0) + value
 
 
+def add_fleet_key_stats(tree: dict[str, object], fleet: Mapping[str, Mapping[str, object]]) -> None:
+    """Put the supervisor's fleet key state of each listener (``net.fleet_keys``) at
+    ``listeners.<name>.tls.tickets.fleet`` of a merged tree."""
+    for name, branch in fleet.items():
+        node: dict[str, object] = tree
+        for key in ("listeners", name, "tls", "tickets"):
+            child = node.setdefault(key, {})
+            if not isinstance(child, dict):
+                raise ValueError(f"stats branch {key!r} is not a mapping")
+            node = child
+        node["fleet"] = dict(branch)
+
+
 def merge_stats(trees: Sequence[Mapping[str, object]]) -> dict[str, object]:
     """Aggregate several workers' stats trees into one (see the module docstring for the rules)."""
     if not trees:

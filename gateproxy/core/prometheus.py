@@ -87,6 +87,18 @@ FAMILIES: dict[str, tuple[str, str]] = {
     "tls_tickets_renewed_total": ("counter", "Tickets re-issued under the current key."),
     "tls_tickets_rejected_total": ("counter", "Tickets that could not be decrypted."),
     "tls_ticket_key_age_seconds": ("gauge", "Age of each session-ticket key, by role."),
+    "tls_fleet_key_slot": ("gauge", "Time slot of the fleet ticket key that encrypts now."),
+    "tls_fleet_key_age_seconds": ("gauge", "Seconds since the current fleet key slot began."),
+    "tls_fleet_key_local": (
+        "gauge",
+        "1 while the listener encrypts with a local fallback key (Redis unreachable), else 0.",
+    ),
+    "tls_fleet_keys_fetched_total": ("counter", "Fleet slot keys read from Redis."),
+    "tls_fleet_keys_created_total": ("counter", "Fleet slot keys this host made (SET NX won)."),
+    "tls_fleet_redis_errors_total": ("counter", "Failed Redis rounds for fleet ticket keys."),
+    "tls_fleet_fallbacks_total": ("counter", "Local random keys made because Redis failed."),
+    "tls_fleet_rejoins_total": ("counter", "Redis rounds that worked again after failing."),
+    "tls_fleet_redis_down": ("gauge", "1 from a failed Redis round until one works, else 0."),
     "upstream_requests_total": ("counter", "Requests forwarded to the upstream."),
     "upstream_failures_total": ("counter", "Upstream failures, by reason."),
     "upstream_bytes_sent_total": ("counter", "Request bytes written to the upstream's servers."),
@@ -291,6 +303,21 @@ def _render_listener(out: _Samples, name: str, tree: object) -> None:
     for index, key in enumerate(keys if isinstance(keys, list) else []):
         labels = (*ln, ("role", str(_get(key, "role"))), ("key", _key_label(key, index)))
         out.add("tls_ticket_key_age_seconds", labels, _get(key, "age_s"))
+    _render_fleet_keys(out, ln, _get(tls, "tickets", "fleet"))
+
+
+def _render_fleet_keys(out: _Samples, ln: Labels, fleet: object) -> None:
+    """``tls.tickets.fleet`` (a ``source: fleet`` listener under ``gateproxy run``)."""
+    if not isinstance(fleet, Mapping):
+        return
+    out.add("tls_fleet_key_slot", ln, fleet.get("slot"))
+    out.add("tls_fleet_key_age_seconds", ln, fleet.get("key_age_s"))
+    out.add("tls_fleet_key_local", ln, int(fleet.get("source") == "local"))
+    for name in ("fetched", "created"):
+        out.add(f"tls_fleet_keys_{name}_total", ln, fleet.get(name))
+    out.add("tls_fleet_redis_down", ln, int(fleet.get("store_down") is True))
+    for name in ("redis_errors", "fallbacks", "rejoins"):
+        out.add(f"tls_fleet_{name}_total", ln, fleet.get(name))
 
 
 def _render_upstream(out: _Samples, name: str, tree: object) -> None:

@@ -24,20 +24,30 @@ from pathlib import Path
 from gateproxy.core.config import Config, ListenerConfig
 from gateproxy.core.ticket_keys import KeyRing, keep_known, keys_to_wire
 from gateproxy.errors import ConfigError, ConfigProblem
+from gateproxy.net.fleet_keys import FleetKeys
 from gateproxy.net.runtime import read_ticket_keys
 
 _FILES = "key_files"
-_Settings = tuple[float, int] | str  # (rotate_every, keep) of a rotating ring, or _FILES
+_FLEET = "fleet"
+_Settings = tuple[float, int] | str  # (rotate_every, keep) of a rotating ring, _FILES or _FLEET
 _Entry = tuple[_Settings, KeyRing]
 
 
 class SupervisorKeys:
     """Listener name -> shared key ring, kept across reloads where the settings allow."""
 
-    def __init__(self, *, base_dir: Path = Path("."), source: str = "<config>") -> None:
-        """``base_dir``: the folder relative key file names are resolved against."""
+    def __init__(
+        self,
+        *,
+        base_dir: Path = Path("."),
+        source: str = "<config>",
+        fleet: FleetKeys | None = None,
+    ) -> None:
+        """``base_dir``: the folder relative key file names are resolved against; ``fleet``:
+        where ``tickets.source: fleet`` listeners get their keys (net.fleet_keys)."""
         self._base_dir = base_dir
         self._source = source
+        self._fleet = fleet
         self._rings: dict[str, _Entry] = {}
 
     def prepare(self, config: Config, *, now: float) -> list[str]:
@@ -54,6 +64,10 @@ class SupervisorKeys:
                 problems += found
                 if ring is not None:
                     rings[lc.name] = (settings, ring)
+            elif settings == _FLEET and self._fleet is not None:
+                fleet_keys = self._fleet.ring_keys(lc.name, now=now)
+                if fleet_keys:  # none before the first round: the workers make their own
+                    rings[lc.name] = (settings, KeyRing.from_keys(fleet_keys))
             elif isinstance(settings, tuple):
                 if kept is not None and kept[0] == settings:
                     rings[lc.name] = kept
@@ -84,6 +98,16 @@ class SupervisorKeys:
             keys = keep_known(kept[1].keys(), keys)
         return KeyRing.from_keys(keys), []
 
+    def take_fleet_keys(self, names: list[str], *, now: float) -> None:
+        """Swap in the fleet's current keys for the ``names`` listeners (a slot boundary, a
+        fetched next key, a fallback or a rejoin)."""
+        for name in names:
+            entry = self._rings.get(name)
+            if entry is not None and entry[0] == _FLEET and self._fleet is not None:
+                fleet_keys = self._fleet.ring_keys(name, now=now)
+                if fleet_keys:
+                    entry[1].replace(fleet_keys)
+
     def rotate_if_due(self, *, now: float) -> list[str]:
         """Rotate every ring that is due; the names of the listeners whose keys changed."""
         return [name for name, (_, ring) in self._rings.items() if ring.rotate_if_due(now=now)]
@@ -105,6 +129,8 @@ def _ring_settings(config: Config, lc: ListenerConfig) -> _Settings | None:
     tickets = tls.tickets
     if not tickets.enabled or not tickets.stateless:
         return None
+    if tickets.source == "fleet":
+        return _FLEET
     if tickets.key_files:
         return _FILES
     return (tickets.rotate_every, tickets.keep)

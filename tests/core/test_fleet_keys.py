@@ -50,10 +50,31 @@ def test_store_down_keeps_held_key_then_falls_back_then_rejoins() -> None:
     assert not state.store_failed(now=2.0, reason="down", random_bytes=rand)
     assert state.ring_keys(now=2.0)[0] == fleet and state.stats.fallbacks == 0
     assert state.store_failed(now=11.0, reason="down", random_bytes=rand)  # slot 1: no key
-    assert state.mode(now=11.0) == "local" and state.stats.fallbacks == 1
+    assert state.source(now=11.0) == "local" and state.stats.fallbacks == 1
     local = state.ring_keys(now=11.0)[0]
     assert 1 in state.missing(now=11.0)  # rejoin: ask again
     back = new_ticket_key(random_bytes=rand, now=10.0)
     state.learn(1, back, now=12.0, created_here=False)
     ring = state.ring_keys(now=12.0)
-    assert ring[0] == back and local in ring[1:] and state.mode(now=12.0) == "fleet"
+    assert ring[0] == back and local in ring[1:] and state.source(now=12.0) == "fleet"
+
+
+def test_a_rejoin_is_counted_once_when_the_store_works_again() -> None:
+    state = FleetKeyState("public", rotate_every=10, keep=1)
+    assert state.store_failed(now=1.0, reason="down", random_bytes=rand)
+    assert not state.store_failed(now=2.0, reason="down", random_bytes=rand)
+    assert state.store_down and state.stats.rejoins == 0
+    state.learn(0, new_ticket_key(random_bytes=rand, now=0.0), now=3.0, created_here=False)
+    state.learn(1, new_ticket_key(random_bytes=rand, now=10.0), now=3.0, created_here=True)
+    assert not state.store_down and state.stats.rejoins == 1
+    assert state.describe(now=3.0)["rejoins"] == 1
+
+
+def test_slot_keys_are_zeroed_when_they_leave_the_window() -> None:
+    state = FleetKeyState("public", rotate_every=10, keep=1)
+    state.learn(0, new_ticket_key(random_bytes=rand, now=0.0), now=1.0, created_here=True)
+    held = state._fleet[0]  # the one bytearray the state keeps for slot 0
+    assert any(held.material)
+    state.learn(2, new_ticket_key(random_bytes=rand, now=20.0), now=21.0, created_here=True)
+    assert 0 not in state._fleet  # slot 0 is older than current (2) - keep (1)
+    assert held.material == bytearray(len(held.material)) and state.stats.wiped == 1
