@@ -22,7 +22,7 @@ from gateproxy.core.limits import Rejected
 from gateproxy.core.machine import ConnectionMachine
 from gateproxy.net.plain_stream import PlainStream
 from gateproxy.net.proxy_header import proxied_client
-from gateproxy.net.pump import ClientStream, Pump
+from gateproxy.net.pump import Pump
 from gateproxy.net.runtime import ListenerRuntime
 from gateproxy.net.tls_stream import ServerTLSStream
 
@@ -62,33 +62,60 @@ async def handle_connection(listener: ListenerRuntime, stream: trio.SocketStream
 async def _serve_admitted(
     listener: ListenerRuntime, stream: trio.SocketStream, *, client_ip: str, probe: bool
 ) -> None:
-    client: ClientStream
     if listener.main_context is None:
-        client, tls = PlainStream(stream), None
-    else:
-        tls = await _handshake(listener, stream, client_ip=client_ip, probe=probe)
-        if tls is None:
+        await Pump(
+            listener,
+            PlainStream(stream),
+            _machine(listener, client_ip, probe),
+            client_ip=client_ip,
+            ssl_object=None,
+        ).run()
+        return
+    assert listener.config.tls is not None
+    tls = _tls_stream(listener, stream, client_ip=client_ip, probe=probe)
+    # One deadline scope from the handshake on: the handshake's, re-armed by the pump to the
+    # machine's (a deadline scope per connection is a measurable share of a resumption's cost).
+    scope = trio.CancelScope(deadline=trio.current_time() + listener.config.tls.handshake_timeout)
+    pump: Pump | None = None
+    try:
+        with scope:
+            if not await _handshake(listener, tls, probe=probe):
+                return
+            machine = _machine(listener, client_ip, probe)
+            pump = Pump(listener, tls, machine, client_ip=client_ip, ssl_object=tls.ssl_object)
+            await pump.first_round(scope)
+        if pump is None:  # the handshake timed out
+            await _handshake_failed(listener, tls, probe=probe)
             return
-        client = tls
+        await pump.rest(scope)
+    finally:
+        if pump is not None:
+            _forget(listener, tls, pump.machine, probe=probe)
+
+
+def _machine(listener: ListenerRuntime, client_ip: str, probe: bool) -> ConnectionMachine:
     assert listener.policy is not None
-    machine = ConnectionMachine(
+    return ConnectionMachine(
         listener.policy, client_ip=client_ip, probe=probe, now=trio.current_time()
     )
-    ssl_object = tls.ssl_object if tls is not None else None
-    try:
-        await Pump(listener, client, machine, client_ip=client_ip, ssl_object=ssl_object).run()
-    finally:
-        engine = listener.engine
-        if engine is not None and ssl_object is not None and not probe:
-            if not machine.tickets_released and machine.health_requests:
-                engine.forget_session(ssl_object)
-            engine.unregister_connection(ssl_object)
 
 
-async def _handshake(
+def _forget(
+    listener: ListenerRuntime, tls: ServerTLSStream, machine: ConnectionMachine, *, probe: bool
+) -> None:
+    """The connection ended: the TLS engine forgets it (and the session of a connection that
+    only asked health checks)."""
+    engine = listener.engine
+    if engine is not None and not probe:
+        if not machine.tickets_released and machine.health_requests:
+            engine.forget_session(tls.ssl_object)
+        engine.unregister_connection(tls.ssl_object)
+
+
+def _tls_stream(
     listener: ListenerRuntime, stream: trio.SocketStream, *, client_ip: str, probe: bool
-) -> ServerTLSStream | None:
-    assert listener.config.tls is not None and listener.main_context is not None
+) -> ServerTLSStream:
+    assert listener.main_context is not None
     context = listener.probe_context if probe and listener.probe_context else listener.main_context
     # aclose() sends close_notify (without waiting for the peer's), so a complete response is
     # told apart from a cut one and OpenSSL keeps the TLS 1.2 session.
@@ -96,21 +123,29 @@ async def _handshake(
     engine = listener.engine
     if engine is not None and not probe:
         engine.register_connection(tls_stream.ssl_object, client=client_ip)
-    counters = listener.counters
-    with trio.CancelScope(deadline=trio.current_time() + listener.config.tls.handshake_timeout):
-        try:
-            await tls_stream.do_handshake()
-        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
-            pass
-        else:
-            ssl_object = tls_stream.ssl_object
-            counters.handshake(ssl_object.version() or "", resumed=ssl_object.session_reused)
-            return tls_stream
-    counters.handshakes_failed += 1
+    return tls_stream
+
+
+async def _handshake(listener: ListenerRuntime, tls: ServerTLSStream, *, probe: bool) -> bool:
+    """The handshake (its deadline is the caller's scope), counted; False if it failed."""
+    try:
+        await tls.do_handshake()
+    except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+        await _handshake_failed(listener, tls, probe=probe)
+        return False
+    ssl_object = tls.ssl_object
+    listener.counters.handshake(ssl_object.version() or "", resumed=ssl_object.session_reused)
+    return True
+
+
+async def _handshake_failed(
+    listener: ListenerRuntime, tls: ServerTLSStream, *, probe: bool
+) -> None:
+    listener.counters.handshakes_failed += 1
+    engine = listener.engine
     if engine is not None and not probe:
-        engine.unregister_connection(tls_stream.ssl_object)
-    await trio.aclose_forcefully(stream)
-    return None
+        engine.unregister_connection(tls.ssl_object)
+    await trio.aclose_forcefully(tls.transport_stream)
 
 
 def _peer_ip(stream: trio.SocketStream) -> str:

@@ -91,31 +91,56 @@ class Pump:
         self._idle = False
         self._first_upstream_read = False
         self._tls: ConnectionTLS | None = None  # read at the first logged line
+        self._error: Exception | None = None  # what the first round raised (see first_round)
 
     async def run(self) -> None:
         """Serve the connection until the machine ends it, then close it accordingly."""
+        with trio.CancelScope(deadline=self.machine.deadline) as scope:
+            await self.first_round(scope)
+        await self.rest(scope)
+
+    async def first_round(self, scope: trio.CancelScope) -> None:
+        """The loop's first round under ``scope``, which the caller entered: with TLS, the
+        scope the handshake ran under, re-armed here to the machine's deadline (one deadline
+        per connection from accept on). Then :meth:`rest`, outside ``scope``."""
+        scope.deadline = self.machine.deadline
+        self._scope = scope
+        try:
+            await self._loop()
+        except Exception as exc:  # a bug of ours: answered by rest(), contained
+            self._error = exc
+        except BaseException:  # cancelled from outside (shutdown): clean up, then go
+            self._finish()
+            raise
+
+    async def rest(self, scope: trio.CancelScope) -> None:
+        """After :meth:`first_round`: each passed deadline or drain wake-up is told to the
+        machine and the loop goes on under a new deadline; then the connection is closed."""
         machine = self.machine
         try:
-            while True:  # _loop returns once the machine ended and its last bytes left
-                with trio.CancelScope(deadline=machine.deadline) as scope:
-                    self._scope = scope
-                    await self._loop()
-                if not scope.cancelled_caught:
-                    break
+            if self._error is not None:
+                raise self._error
+            while scope.cancelled_caught:
                 self._set_idle(False)
                 now = trio.current_time()
                 if now >= scope.deadline:
                     machine.timer(now=now)
                 else:  # cancelled from outside: a drain woke this idle connection
                     machine.wake(now=now)
+                with trio.CancelScope(deadline=machine.deadline) as scope:
+                    self._scope = scope
+                    await self._loop()
         except Exception as exc:  # a bug of ours: contained to this connection
             await self._internal_error(exc)
             return
         finally:
-            self._set_idle(False)
-            self._drop_upstream()
-            machine.closed()
+            self._finish()
         await self._close(machine.wait)
+
+    def _finish(self) -> None:
+        self._set_idle(False)
+        self._drop_upstream()
+        self.machine.closed()
 
     # --- the loop ---------------------------------------------------------------------------
 
