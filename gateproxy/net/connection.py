@@ -90,6 +90,7 @@ async def _serve_admitted(
         await pump.rest(scope)
     finally:
         if pump is not None:
+            pump.finish()
             _forget(listener, tls, pump.machine, probe=probe)
 
 

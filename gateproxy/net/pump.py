@@ -92,26 +92,30 @@ class Pump:
         self._first_upstream_read = False
         self._tls: ConnectionTLS | None = None  # read at the first logged line
         self._error: Exception | None = None  # what the first round raised (see first_round)
+        self._finished = False
 
     async def run(self) -> None:
         """Serve the connection until the machine ends it, then close it accordingly."""
-        with trio.CancelScope(deadline=self.machine.deadline) as scope:
-            await self.first_round(scope)
-        await self.rest(scope)
+        try:
+            with trio.CancelScope(deadline=self.machine.deadline) as scope:
+                await self.first_round(scope)
+            await self.rest(scope)
+        finally:
+            self.finish()
 
     async def first_round(self, scope: trio.CancelScope) -> None:
         """The loop's first round under ``scope``, which the caller entered: with TLS, the
         scope the handshake ran under, re-armed here to the machine's deadline (one deadline
-        per connection from accept on). Then :meth:`rest`, outside ``scope``."""
+        per connection from accept on). Then :meth:`rest`, outside ``scope``; whatever happens,
+        the caller calls :meth:`finish` last (a ``finally``)."""
         scope.deadline = self.machine.deadline
         self._scope = scope
         try:
             await self._loop()
         except Exception as exc:  # a bug of ours: answered by rest(), contained
             self._error = exc
-        except BaseException:  # cancelled from outside (shutdown): clean up, then go
-            self._finish()
-            raise
+        # (a Cancelled goes on: the early fire of ``scope`` is caught by the caller's ``with``
+        # and handled in rest(); another one ends the connection through the caller's finally)
 
     async def rest(self, scope: trio.CancelScope) -> None:
         """After :meth:`first_round`: each passed deadline or drain wake-up is told to the
@@ -134,10 +138,14 @@ class Pump:
             await self._internal_error(exc)
             return
         finally:
-            self._finish()
+            self.finish()
         await self._close(machine.wait)
 
-    def _finish(self) -> None:
+    def finish(self) -> None:
+        """The loop is over: no more idle, no upstream, the machine told (once)."""
+        if self._finished:
+            return
+        self._finished = True
         self._set_idle(False)
         self._drop_upstream()
         self.machine.closed()

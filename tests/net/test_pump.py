@@ -76,6 +76,28 @@ async def test_the_deadline_moves_lazily_and_an_early_fire_loses_nothing(
     assert len(up.requests) == 2
 
 
+async def test_an_early_fire_while_the_upstream_answers_keeps_the_exchange(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """The first scope's deadline (the header timeout, 10 s) passes while the upstream is still
+    answering (the machine waits up to the read timeout, later): the scope fires early, and the
+    exchange, its upstream connection and the client connection must all go on."""
+    hold = trio.Event()
+    async with RecordingUpstream(hold=hold) as up, tcp_pair() as (server, client):
+        listener = _listener(up.address, request_header_timeout="10s")
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_serve, listener, server)
+            await client.send_all(GET)
+            await trio.sleep(15)  # past the first scope's deadline, the upstream still holds
+            hold.set()
+            first = await _response(client)
+            await client.send_all(GET)
+            second = await _response(client)
+            nursery.cancel_scope.cancel()
+    assert first.startswith(b"HTTP/1.1 200 ") and second.startswith(b"HTTP/1.1 200 ")
+    assert len(up.requests) == 2
+
+
 async def test_a_drain_closes_an_idle_connection_at_once(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
