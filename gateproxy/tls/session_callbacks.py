@@ -66,6 +66,9 @@ class SessionBridge:
         self.errors = 0
         self.stored = 0
         self.skipped_stateless = 0
+        # shared cache: SSL* -> (id, DER, made at) of the TLS 1.2 session it made, until the
+        # shell writes it to the store or drops it (a prober's); None: no shared cache
+        self.fresh: dict[int, tuple[bytes, bytes, float]] | None = None
 
     def on_new(self, ssl_ptr: int, session: int) -> int:
         """Store a new session's DER bytes; always return 0 (no reference kept)."""
@@ -83,8 +86,12 @@ class SessionBridge:
         if not der:
             return 0
         client = self.clients.get(ssl_ptr, UNKNOWN_CLIENT)
-        self.cache.put(session_id, der, client=client, now=self.clock())
+        now = self.clock()
+        self.cache.put(session_id, der, client=client, now=now)
         self.stored += 1
+        tls12 = lib.ssl_version(ssl_ptr) != TLS1_3_VERSION
+        if self.fresh is not None and tls12 and ssl_ptr in self.clients:
+            self.fresh[ssl_ptr] = (session_id, der, now)
         return 0
 
     def on_get(self, session_id: bytes) -> int:
