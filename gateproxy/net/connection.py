@@ -15,6 +15,8 @@ engine forgets the connection (and the session of a connection that only asked h
 
 from __future__ import annotations
 
+from functools import partial
+
 import trio
 
 from gateproxy.core.client_address import UNKNOWN_PEER
@@ -82,6 +84,8 @@ async def _serve_admitted(
         if engine is not None and ssl_object is not None and not probe:
             if not machine.tickets_released and machine.health_requests:
                 engine.forget_session(ssl_object)
+            if listener.shared_sessions is not None:  # never published: a prober's session
+                listener.shared_sessions.drop_unwritten(ssl_object)
             engine.unregister_connection(ssl_object)
 
 
@@ -97,9 +101,11 @@ async def _handshake(
     if engine is not None and not probe:
         engine.register_connection(tls_stream.ssl_object, client=client_ip)
     counters = listener.counters
+    shared = listener.shared_sessions if not probe else None
+    on_hello = None if shared is None else partial(shared.on_hello, client=client_ip)
     with trio.CancelScope(deadline=trio.current_time() + listener.config.tls.handshake_timeout):
         try:
-            await tls_stream.do_handshake()
+            await tls_stream.do_handshake(on_hello=on_hello)
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
             pass
         else:
