@@ -20,7 +20,7 @@ import trio
 import trustme
 
 from tests.conftest import CertPaths
-from tests.helpers.clients import Response, https_request
+from tests.helpers.clients import Response, https_request, split_address
 from tests.helpers.redis_server import RedisServer, running_redis
 from tests.helpers.supervised import Supervised, supervised_file
 from tests.helpers.tls_sessions import s_client, session_of
@@ -115,8 +115,9 @@ async def shared_stats(host: Supervised, listener: str = "public") -> dict[str, 
 
 
 async def test_a_tls12_session_made_on_a_resumes_on_b(
-    tmp_path: Path, ca: trustme.CA, server_cert: CertPaths
+    tmp_path: Path, ca: trustme.CA, ca_pem_path: Path, server_cert: CertPaths
 ) -> None:
+    """stdlib ssl; then openssl s_client -tls1_2 -no_ticket: -sess_out on A, -sess_in on B."""
     ctx = no_ticket_client(ca)
     async with fleet(tmp_path, server_cert) as (a, b, redis):
         first = await get(a, ctx)
@@ -133,26 +134,23 @@ async def test_a_tls12_session_made_on_a_resumes_on_b(
         assert (stats["lookups"], stats["hits"], stats["misses"]) == (1, 1, 0)
         assert stats["skipped_by_reason"].get("local") == 1
         assert (await shared_stats(a))["writes"] == 1
+        memory = int(redis.command("MEMORY", "USAGE", session_key(first)).split(b":")[1])
+        assert memory < 1024  # what the README tells an operator sizing maxmemory
 
-
-async def test_openssl_s_client_session_from_a_resumes_on_b(
-    tmp_path: Path, ca_pem_path: Path, server_cert: CertPaths
-) -> None:
-    session = tmp_path / "sess.pem"
-    async with fleet(tmp_path, server_cert) as (a, b, redis):
-        host, port = a.address().split(":")
+        session = tmp_path / "sess.pem"
+        host, port = split_address(a.address())
         made = await s_client(
-            host, int(port), ca_file=ca_pem_path, version="1.2", sess_out=session, no_ticket=True
+            host, port, ca_file=ca_pem_path, version="1.2", sess_out=session, no_ticket=True
         )
         assert (made.reused, made.http_status) == (False, b"200")
         with trio.fail_after(5):
             while True:
-                if redis.keys(f"{PREFIX}:sessions:public:*"):
+                if len(redis.keys(f"{PREFIX}:sessions:public:*")) == 2:
                     break
                 await trio.sleep(0.01)
-        host, port = b.address().split(":")
+        host, port = split_address(b.address())
         resumed = await s_client(
-            host, int(port), ca_file=ca_pem_path, version="1.2", sess_in=session, no_ticket=True
+            host, port, ca_file=ca_pem_path, version="1.2", sess_in=session, no_ticket=True
         )
         assert (resumed.reused, resumed.http_status) == (True, b"200")
 
