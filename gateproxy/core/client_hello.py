@@ -62,11 +62,19 @@ HelloResult = ClientHello | NeedMore | NotAHello
 
 
 def read_client_hello(data: bytes) -> HelloResult:
-    """Parse the ClientHello at the start of ``data`` (the first bytes a client sent)."""
-    body = _handshake_bytes(data[: MAX_HELLO + _RECORD_HEADER])
+    """Parse the ClientHello at the start of ``data`` (the first bytes a client sent).
+
+    Only the first ``MAX_HELLO + 5`` bytes are ever looked at; once that many arrived without a
+    complete hello the answer is :class:`NotAHello`, so a caller never buffers more."""
+    result = _read(data[: MAX_HELLO + _RECORD_HEADER])
+    if result is NEED_MORE and len(data) >= MAX_HELLO:
+        return NotAHello("longer than the hello limit")
+    return result
+
+
+def _read(data: bytes) -> HelloResult:
+    body = _handshake_bytes(data)
     if not isinstance(body, bytes):
-        if isinstance(body, NeedMore) and len(data) >= MAX_HELLO:
-            return NotAHello("longer than the hello limit")
         return body
     if len(body) < 4:
         return NEED_MORE

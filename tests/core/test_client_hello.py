@@ -110,6 +110,17 @@ def test_an_endless_hello_gives_up_at_the_limit() -> None:
     )
 
 
+def test_many_small_records_of_a_long_hello_stop_at_the_limit() -> None:
+    """A hello announced within the limit, sent one byte per record: the records' headers push
+    the wire past the limit before the hello completes: no endless NEED_MORE."""
+    hello = _hello(b"s" * 32, _ext(21, b"\x00" * 4000))
+    wire = b"".join(_record(hello[i : i + 1]) for i in range(len(hello)))
+    assert read_client_hello(wire) == NotAHello("longer than the hello limit")
+    assert read_client_hello(wire + b"\x00" * 10_000_000) == NotAHello(
+        "longer than the hello limit"
+    )
+
+
 @given(st.binary(max_size=4096))
 def test_any_bytes_never_raise(data: bytes) -> None:
     result = read_client_hello(data)
