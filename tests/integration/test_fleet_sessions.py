@@ -196,7 +196,7 @@ async def test_forged_session_ids_cause_no_redis_get(
         nursery.cancel_scope.cancel()
 
 
-async def test_a_prober_storm_writes_nothing_to_redis(
+async def test_a_prober_storm_and_bad_hellos_write_nothing_to_redis(
     tmp_path: Path, ca: trustme.CA, server_cert: CertPaths
 ) -> None:
     ctx = no_ticket_client(ca)
@@ -211,8 +211,30 @@ async def test_a_prober_storm_writes_nothing_to_redis(
         stats = await shared_stats(a)
         assert stats["writes"] == 0
         assert stats["writes_skipped_probe"] == 15
+        await _bad_hellos(a)
+        assert redis.keys(f"{PREFIX}:*") == []
         real = await get(a, ctx)  # control: a real request's session is written
         assert await stored(redis, session_key(real))
+
+
+async def _bad_hellos(host_a: Supervised) -> None:
+    """What the hello reader sees first: garbage, a cut hello, an endless one, silence + EOF:
+    each fails its own handshake only, with no lookup."""
+    endless = b"\x16\x03\x01\x00\x01\x01" * 4000  # one-byte records, never a whole hello
+    before = await shared_stats(host_a)
+    host, port = split_address(host_a.address())
+    for wire in (b"GET / HTTP/1.1\r\n\r\n", b"\x16\x03\x01\x02\x00\x01", endless, b""):
+        stream = await trio.open_tcp_stream(host, port)
+        async with stream:
+            if wire:
+                await stream.send_all(wire)
+            await stream.send_eof()
+            with trio.fail_after(5):
+                while await stream.receive_some(65536):
+                    pass
+    after = await shared_stats(host_a)
+    assert after["handshakes"]["failed"] - before["handshakes"]["failed"] == 4
+    assert after["lookups"] == before["lookups"] == 0
 
 
 async def test_redis_killed_then_restarted(
