@@ -242,7 +242,22 @@ async def test_redis_killed_then_restarted(
 ) -> None:
     ctx = no_ticket_client(ca)
     async with fleet(tmp_path, server_cert) as (a, b, redis):
-        await redis.kill()
+        failed: list[BaseException] = []
+
+        async def load(host: Supervised, session: ssl.SSLSession | None) -> None:
+            for _ in range(6):
+                try:
+                    await get(host, ctx, session=session)
+                except Exception as exc:  # each failure is collected
+                    failed.append(exc)
+
+        warm = await get(a, ctx)
+        assert await stored(redis, session_key(warm))
+        async with trio.open_nursery() as nursery:  # Redis dies under load
+            for host in (a, b, a, b):
+                nursery.start_soon(load, host, warm.session)
+            await redis.kill()
+        assert failed == []
         sessions = [await get(a, ctx) for _ in range(8)]  # made while Redis is down
         for made in sessions:  # B looks each up (our MAC, not local): errors, then the breaker
             resp = await get(b, ctx, session=made.session)
@@ -255,7 +270,7 @@ async def test_redis_killed_then_restarted(
         assert stats_b["skipped_by_reason"].get("breaker_open", 0) >= 1
         stats_a = await shared_stats(a)
         assert stats_a["handshakes"]["failed"] == 0
-        assert stats_a["write_errors"] + stats_a["writes_dropped"] >= 8
+        assert stats_a["write_errors"] >= 1  # the rest wait in the write queue or were dropped
         _, body = await b.get("/metrics")
         assert b'gateproxy_tls_shared_sessions_breaker_open{listener="public"} 1' in body
 
