@@ -255,7 +255,7 @@ async def test_redis_killed_then_restarted(
         assert await stored(redis, session_key(warm))
         async with trio.open_nursery() as nursery:  # Redis dies under load
             for host in (a, b, a, b):
-                nursery.start_soon(load, host, warm.session)
+                nursery.start_soon(load, host, session_of(warm))
             await redis.kill()
         assert failed == []
         sessions = [await get(a, ctx) for _ in range(8)]  # made while Redis is down
