@@ -31,7 +31,7 @@ _HANDSHAKE = 0x16
 _CLIENT_HELLO = 0x01
 _EXT_SESSION_TICKET = 35
 _EXT_SUPPORTED_VERSIONS = 43
-_TLS13 = 0x0304
+_TLS13 = b"\x03\x04"
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,7 +85,7 @@ def _read(data: bytes) -> HelloResult:
         return NotAHello("longer than the hello limit")
     if len(body) < 4 + length:
         return NEED_MORE
-    return _parse_hello(memoryview(body)[4 : 4 + length])
+    return _parse_hello(body[4 : 4 + length])
 
 
 def _handshake_bytes(data: bytes) -> bytes | NeedMore | NotAHello:
@@ -108,70 +108,68 @@ def _handshake_bytes(data: bytes) -> bytes | NeedMore | NotAHello:
     return b"".join(parts) if parts else NEED_MORE
 
 
-class _Short(Exception):
-    """The hello's own lengths point past its end."""
+_SHORT = NotAHello("a length points past the end of the hello")
 
 
-class _Cursor:
-    __slots__ = ("buf", "pos")
-
-    def __init__(self, buf: memoryview) -> None:
-        self.buf = buf
-        self.pos = 0
-
-    def take(self, n: int) -> memoryview:
-        end = self.pos + n
-        if end > len(self.buf):
-            raise _Short
-        piece = self.buf[self.pos : end]
-        self.pos = end
-        return piece
-
-    def number(self, n: int) -> int:
-        return int.from_bytes(self.take(n), "big")
-
-    def vector(self, length_bytes: int) -> memoryview:
-        return self.take(self.number(length_bytes))
-
-    @property
-    def left(self) -> int:
-        return len(self.buf) - self.pos
-
-
-def _parse_hello(body: memoryview) -> ClientHello | NotAHello:
-    cur = _Cursor(body)
-    try:
-        version = cur.number(2)
-        cur.take(32)  # random
-        session_id = bytes(cur.vector(1))
-        if len(session_id) > 32:
-            return NotAHello("session id longer than 32 bytes")
-        cur.vector(2)  # cipher suites
-        cur.vector(1)  # compression methods
-        offers_tls13 = offers_ticket = False
-        if cur.left:
-            offers_tls13, offers_ticket = _extensions(_Cursor(cur.vector(2)))
-    except _Short:
-        return NotAHello("a length points past the end of the hello")
+def _parse_hello(body: bytes) -> ClientHello | NotAHello:
+    """The fields of a ClientHello body (plain index arithmetic: this runs per connection)."""
+    end = len(body)
+    if end < 35:
+        return _SHORT
+    pos = 34  # legacy_version, random
+    sid_len = body[pos]
+    if sid_len > 32:
+        return NotAHello("session id longer than 32 bytes")
+    pos += 1
+    session_id = body[pos : pos + sid_len]
+    pos += sid_len
+    if pos + 2 > end:
+        return _SHORT
+    pos += 2 + (body[pos] << 8 | body[pos + 1])  # cipher suites
+    if pos + 1 > end:
+        return _SHORT
+    pos += 1 + body[pos]  # compression methods
+    if pos > end:
+        return _SHORT
+    offers = (False, False)
+    if pos < end:
+        if pos + 2 > end:
+            return _SHORT
+        ext_end = pos + 2 + (body[pos] << 8 | body[pos + 1])
+        if ext_end > end:
+            return _SHORT
+        found = _extensions(body, pos + 2, ext_end)
+        if found is None:
+            return _SHORT
+        offers = found
     return ClientHello(
-        legacy_version=version,
+        legacy_version=body[0] << 8 | body[1],
         session_id=session_id,
-        offers_tls13=offers_tls13,
-        offers_ticket=offers_ticket,
+        offers_tls13=offers[0],
+        offers_ticket=offers[1],
     )
 
 
-def _extensions(cur: _Cursor) -> tuple[bool, bool]:
+def _extensions(body: bytes, pos: int, end: int) -> tuple[bool, bool] | None:
+    """(offers TLS 1.3, offers a ticket) from the extensions in ``body[pos:end]``; None if a
+    length points past ``end``."""
     offers_tls13 = offers_ticket = False
-    while cur.left:
-        kind = cur.number(2)
-        data = cur.vector(2)
+    while pos < end:
+        if pos + 4 > end:
+            return None
+        kind = body[pos] << 8 | body[pos + 1]
+        size = body[pos + 2] << 8 | body[pos + 3]
+        pos += 4
+        if pos + size > end:
+            return None
         if kind == _EXT_SESSION_TICKET:
-            offers_ticket = len(data) > 0
+            offers_ticket = size > 0
         elif kind == _EXT_SUPPORTED_VERSIONS:
-            versions = _Cursor(data).vector(1)
+            if size < 1 or 1 + body[pos] > size:
+                return None
+            versions = body[pos + 1 : pos + 1 + body[pos]]
             offers_tls13 = any(
-                int.from_bytes(versions[i : i + 2], "big") == _TLS13
-                for i in range(0, len(versions) - 1, 2)
+                versions[i : i + 2] == _TLS13 for i in range(0, len(versions) - 1, 2)
             )
+        pos += size
     return offers_tls13, offers_ticket
