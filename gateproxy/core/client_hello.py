@@ -31,6 +31,8 @@ _HANDSHAKE = 0x16
 _CLIENT_HELLO = 0x01
 _EXT_SESSION_TICKET = 35
 _EXT_SUPPORTED_VERSIONS = 43
+_EXT_PRE_SHARED_KEY = 41
+_MAX_IDENTITIES = 4
 _TLS13 = b"\x03\x04"
 
 
@@ -42,6 +44,7 @@ class ClientHello:
     session_id: bytes
     offers_tls13: bool
     offers_ticket: bool  # a non-empty session_ticket extension
+    psk_identities: tuple[bytes, ...] = ()  # TLS 1.3 pre_shared_key identities (at most 4)
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,7 +134,7 @@ def _parse_hello(body: bytes) -> ClientHello | NotAHello:
     pos += 1 + body[pos]  # compression methods
     if pos > end:
         return _SHORT
-    offers = (False, False)
+    offers: tuple[bool, bool, tuple[bytes, ...]] = (False, False, ())
     if pos < end:
         if pos + 2 > end:
             return _SHORT
@@ -147,13 +150,15 @@ def _parse_hello(body: bytes) -> ClientHello | NotAHello:
         session_id=session_id,
         offers_tls13=offers[0],
         offers_ticket=offers[1],
+        psk_identities=offers[2],
     )
 
 
-def _extensions(body: bytes, pos: int, end: int) -> tuple[bool, bool] | None:
-    """(offers TLS 1.3, offers a ticket) from the extensions in ``body[pos:end]``; None if a
-    length points past ``end``."""
+def _extensions(body: bytes, pos: int, end: int) -> tuple[bool, bool, tuple[bytes, ...]] | None:
+    """(offers TLS 1.3, offers a ticket, PSK identities) from the extensions in
+    ``body[pos:end]``; None if a length points past ``end``."""
     offers_tls13 = offers_ticket = False
+    identities: tuple[bytes, ...] = ()
     while pos < end:
         if pos + 4 > end:
             return None
@@ -171,5 +176,30 @@ def _extensions(body: bytes, pos: int, end: int) -> tuple[bool, bool] | None:
             offers_tls13 = any(
                 versions[i : i + 2] == _TLS13 for i in range(0, len(versions) - 1, 2)
             )
+        elif kind == _EXT_PRE_SHARED_KEY:
+            found = _identities(body, pos, pos + size)
+            if found is None:
+                return None
+            identities = found
         pos += size
-    return offers_tls13, offers_ticket
+    return offers_tls13, offers_ticket, identities
+
+
+def _identities(body: bytes, pos: int, end: int) -> tuple[bytes, ...] | None:
+    """The first PSK identities of a pre_shared_key extension (RFC 8446 §4.2.11)."""
+    if pos + 2 > end:
+        return None
+    list_end = pos + 2 + (body[pos] << 8 | body[pos + 1])
+    if list_end > end:
+        return None
+    pos += 2
+    found: list[bytes] = []
+    while pos < list_end and len(found) < _MAX_IDENTITIES:
+        if pos + 2 > list_end:
+            return None
+        size = body[pos] << 8 | body[pos + 1]
+        if pos + 2 + size + 4 > list_end:
+            return None
+        found.append(body[pos + 2 : pos + 2 + size])
+        pos += 2 + size + 4  # the identity, then obfuscated_ticket_age
+    return tuple(found)

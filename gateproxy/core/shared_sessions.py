@@ -10,9 +10,11 @@ from the store could matter. Only then is there a store round trip; the answer l
 OpenSSL's synchronous get-session callback finds it. The rules, in order (first match skips):
 
 ``no_hello``      the bytes are not a ClientHello this reader accepts (OpenSSL judges them).
-``tls13``         the hello offers TLS 1.3 and the listener allows it: TLS 1.3 never resumes by
-                  session id (its legacy id is a random echo).
-``no_session_id`` an empty id: nothing to resume.
+``tls13``         the hello offers TLS 1.3 and the listener allows it, with stateless tickets:
+                  TLS 1.3 never resumes by session id (its legacy id is a random echo). With
+                  stateful tickets (``tickets.stateless: false``) the ticket *is* a session id:
+                  the first pre_shared_key identity is looked up instead.
+``no_session_id`` an empty id (or no PSK identity): nothing to resume.
 ``ticket``        the hello carries a session ticket and the listener accepts tickets: OpenSSL
                   tries the ticket and never looks the id up.
 ``forged``        the id does not carry gateproxy's MAC (``core.session_ids``): made up, or
@@ -81,6 +83,7 @@ def decide_lookup(
     ids: SessionIds,
     allows_tls13: bool,
     accepts_tickets: bool,
+    stateful_tls13: bool = False,
     local: Container[bytes],
     negative: NegativeCache,
     breaker: Breaker,
@@ -92,12 +95,15 @@ def decide_lookup(
     if not isinstance(hello, ClientHello):
         return Skip("no_hello")
     if hello.offers_tls13 and allows_tls13:
-        return Skip("tls13")
-    session_id = hello.session_id
+        if not stateful_tls13:
+            return Skip("tls13")
+        session_id = hello.psk_identities[0] if hello.psk_identities else b""
+    else:
+        session_id = hello.session_id
+        if session_id and hello.offers_ticket and accepts_tickets:
+            return Skip("ticket")
     if not session_id:
         return Skip("no_session_id")
-    if hello.offers_ticket and accepts_tickets:
-        return Skip("ticket")
     if not ids.is_ours(session_id):
         return Skip("forged")
     if session_id in local:

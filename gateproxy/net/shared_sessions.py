@@ -124,6 +124,7 @@ class SharedSessions:
             ids=self.ids,
             allows_tls13=tls.max_version == "1.3",
             accepts_tickets=tls.tickets.enabled,
+            stateful_tls13=tls.tickets.enabled and not tls.tickets.stateless,
             local=self._local,
             negative=self.negative,
             breaker=self.breaker,
@@ -174,22 +175,19 @@ class SharedSessions:
     # --- writes ---------------------------------------------------------------------------------
 
     def publish(self, ssl_object: ssl.SSLObject) -> None:
-        """The connection is no prober: queue the TLS 1.2 session it made (if any) for writing."""
-        fresh = self._engine.take_new_session(ssl_object)
-        if fresh is None:
-            return
-        if not self.breaker.allow(now=self._clock()):  # open: dropped; past the cool-down,
-            self.counters.writes_dropped += 1  # this write is the half-open trial
-            return
-        try:
-            self._queue_in.send_nowait(fresh)
-        except trio.WouldBlock:
-            self.counters.writes_dropped += 1
+        """The connection is no prober: queue the sessions it made (if any) for writing."""
+        for fresh in self._engine.take_new_sessions(ssl_object):
+            if not self.breaker.allow(now=self._clock()):  # open: dropped; past the cool-down,
+                self.counters.writes_dropped += 1  # this write is the half-open trial
+                continue
+            try:
+                self._queue_in.send_nowait(fresh)
+            except trio.WouldBlock:
+                self.counters.writes_dropped += 1
 
     def drop_unwritten(self, ssl_object: ssl.SSLObject) -> None:
-        """The connection ends without having been published: a prober's session stays local."""
-        if self._engine.take_new_session(ssl_object) is not None:
-            self.counters.writes_skipped_probe += 1
+        """The connection ends without having been published: a prober's sessions stay local."""
+        self.counters.writes_skipped_probe += len(self._engine.take_new_sessions(ssl_object))
 
     async def _write(self, redis: coredis.Redis[bytes], fresh: tuple[bytes, bytes, float]) -> None:
         session_id, der, made_at = fresh

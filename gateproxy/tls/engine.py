@@ -18,9 +18,10 @@ hands them to :class:`ListenerTLSEngine`, which installs the session policy on t
   once a request is known not to be a health check). Disabled: ``OP_NO_TICKET`` *and*
   ``num_tickets = 0`` (TLS 1.3 + ``OP_NO_TICKET`` alone means stateful tickets).
 * ``session_ids`` (the shared session cache, ``lru`` only): new session ids carry gateproxy's
-  MAC (tls/session_ids.py), and the TLS 1.2 session each connection makes is kept aside for the
-  shell (:meth:`take_new_session`) to write to the store once the client is known not to be a
-  prober; :meth:`hold_prefetched` puts a session fetched from the store into the local cache.
+  MAC (tls/session_ids.py), and the sessions each connection makes (TLS 1.2, or TLS 1.3
+  stateful tickets) are kept aside for the shell (:meth:`take_new_sessions`) to write to the
+  store once the client is known not to be a prober; :meth:`hold_prefetched` puts a session
+  fetched from the store into the local cache.
 * ``probe``: cache OFF, ``OP_NO_TICKET``, ``num_tickets = 0``: no session state at all.
 
 ``degraded=True`` (``tls_engine: stdlib_only``) touches no ctypes: only ``num_tickets`` and
@@ -261,12 +262,13 @@ class ListenerTLSEngine:
         if self._cache is not None:
             self._cache.put(session_id, der, client=client, now=self._clock())
 
-    def take_new_session(self, ssl_object: ssl.SSLObject) -> tuple[bytes, bytes, float] | None:
-        """The TLS 1.2 session this connection made (id, DER, made at), once; else None."""
+    def take_new_sessions(self, ssl_object: ssl.SSLObject) -> list[tuple[bytes, bytes, float]]:
+        """The sessions this connection made so far (id, DER, made at), once: the TLS 1.2
+        session, or its TLS 1.3 stateful tickets."""
         bridge = self._session_bridge
         if self._degraded or bridge is None or bridge.fresh is None:
-            return None
-        return bridge.fresh.pop(L.ssl_pointer_checked(self._lib, ssl_object), None)
+            return []
+        return bridge.fresh.pop(L.ssl_pointer_checked(self._lib, ssl_object), [])
 
     # --- timers ---------------------------------------------------------------------------------
 

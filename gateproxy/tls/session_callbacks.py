@@ -53,6 +53,7 @@ KEEP_ALIVE: list[object] = []
 OP_NO_TICKET = 0x4000  # SSL_OP_NO_TICKET (same value as ssl.OP_NO_TICKET)
 
 UNKNOWN_CLIENT = "?"
+MAX_FRESH = 8  # sessions kept aside per connection for the shared store (TLS 1.3: one per ticket)
 
 
 class SessionBridge:
@@ -66,9 +67,10 @@ class SessionBridge:
         self.errors = 0
         self.stored = 0
         self.skipped_stateless = 0
-        # shared cache: SSL* -> (id, DER, made at) of the TLS 1.2 session it made, until the
-        # shell writes it to the store or drops it (a prober's); None: no shared cache
-        self.fresh: dict[int, tuple[bytes, bytes, float]] | None = None
+        # shared cache: SSL* -> (id, DER, made at) of each session it made (TLS 1.2, or TLS 1.3
+        # stateful tickets), until the shell writes them to the store or drops them (a
+        # prober's); None: no shared cache
+        self.fresh: dict[int, list[tuple[bytes, bytes, float]]] | None = None
 
     def on_new(self, ssl_ptr: int, session: int) -> int:
         """Store a new session's DER bytes; always return 0 (no reference kept)."""
@@ -89,9 +91,10 @@ class SessionBridge:
         now = self.clock()
         self.cache.put(session_id, der, client=client, now=now)
         self.stored += 1
-        tls12 = lib.ssl_version(ssl_ptr) != TLS1_3_VERSION
-        if self.fresh is not None and tls12 and ssl_ptr in self.clients:
-            self.fresh[ssl_ptr] = (session_id, der, now)
+        if self.fresh is not None and ssl_ptr in self.clients:
+            made = self.fresh.setdefault(ssl_ptr, [])
+            if len(made) < MAX_FRESH:
+                made.append((session_id, der, now))
         return 0
 
     def on_get(self, session_id: bytes) -> int:

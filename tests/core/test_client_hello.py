@@ -77,6 +77,19 @@ def test_session_id_and_a_non_empty_ticket() -> None:
     )
 
 
+def test_tls13_pre_shared_key_identities() -> None:
+    identities = b"".join(
+        len(i).to_bytes(2, "big") + i + b"\x00\x00\x00\x07" for i in (b"p" * 32, b"q" * 20)
+    )
+    psk = len(identities).to_bytes(2, "big") + identities + b"\x00\x21" + b"\x20" + b"b" * 32
+    hello = _hello(b"l" * 32, _ext(43, b"\x02\x03\x04") + _ext(41, psk))
+    parsed = read_client_hello(_record(hello))
+    assert isinstance(parsed, ClientHello)
+    assert parsed.offers_tls13 and parsed.psk_identities == (b"p" * 32, b"q" * 20)
+    cut = _hello(b"", _ext(41, b"\x00\x30\x00\x20" + b"p" * 10))
+    assert read_client_hello(_record(cut)) == NotAHello("a length points past the end of the hello")
+
+
 def test_hello_split_over_two_records_and_partial_reads() -> None:
     hello = _hello(b"s" * 32, _ext(43, b"\x04\x03\x04\x03\x03"))
     wire = _record(hello[:50]) + _record(hello[50:])

@@ -23,9 +23,15 @@ OURS = IDS.issue(b"a" * 16)
 OTHER = IDS.issue(b"b" * 16)
 
 
-def hello(session_id: bytes = OURS, *, tls13: bool = False, ticket: bool = False) -> ClientHello:
+def hello(
+    session_id: bytes = OURS, *, tls13: bool = False, ticket: bool = False, psk: bytes = b""
+) -> ClientHello:
     return ClientHello(
-        legacy_version=0x0303, session_id=session_id, offers_tls13=tls13, offers_ticket=ticket
+        legacy_version=0x0303,
+        session_id=session_id,
+        offers_tls13=tls13,
+        offers_ticket=ticket,
+        psk_identities=(psk,) if psk else (),
     )
 
 
@@ -34,6 +40,7 @@ def decide(
     *,
     allows_tls13: bool = True,
     accepts_tickets: bool = True,
+    stateful_tls13: bool = False,
     local: frozenset[bytes] = frozenset(),
     negative: NegativeCache | None = None,
     breaker: Breaker | None = None,
@@ -43,6 +50,7 @@ def decide(
         ids=IDS,
         allows_tls13=allows_tls13,
         accepts_tickets=accepts_tickets,
+        stateful_tls13=stateful_tls13,
         local=local,
         negative=negative or NegativeCache(max_entries=4, ttl=10),
         breaker=breaker or Breaker(failures=1, cooldown=5),
@@ -70,6 +78,10 @@ def _negative() -> NegativeCache:
         (lambda: decide(NotAHello("x")), Skip("no_hello")),
         (lambda: decide(hello(tls13=True)), Skip("tls13")),
         (lambda: decide(hello(tls13=True), allows_tls13=False), Lookup(OURS)),
+        (lambda: decide(hello(tls13=True, psk=OTHER)), Skip("tls13")),  # stateless tickets
+        (lambda: decide(hello(tls13=True, psk=OTHER), stateful_tls13=True), Lookup(OTHER)),
+        (lambda: decide(hello(tls13=True), stateful_tls13=True), Skip("no_session_id")),
+        (lambda: decide(hello(tls13=True, psk=b"t" * 32), stateful_tls13=True), Skip("forged")),
         (lambda: decide(hello(b"")), Skip("no_session_id")),
         (lambda: decide(hello(ticket=True)), Skip("ticket")),
         (lambda: decide(hello(ticket=True), accepts_tickets=False), Lookup(OURS)),

@@ -30,21 +30,28 @@ PREFIX = "gpt"
 
 
 def _config(tmp: Path, name: str, cert: CertPaths, *, upstream: str, redis: RedisServer) -> Path:
-    def listener(lname: str, **extra: object) -> dict[str, object]:
+    def listener(lname: str, tickets: object = None, **extra: object) -> dict[str, object]:
+        tls: dict[str, object] = {
+            "certificates": [{"cert": str(cert.cert), "key": str(cert.key)}],
+            "session_cache": {"shared": True},
+        }
+        if tickets is not None:
+            tls["tickets"] = tickets
         return {
             "name": lname,
             "bind": "127.0.0.1:0",
-            "tls": {
-                "certificates": [{"cert": str(cert.cert), "key": str(cert.key)}],
-                "session_cache": {"shared": True},
-            },
+            "tls": tls,
             "health_checks": [{"path": "/healthz"}],
             "routes": [{"path_prefix": "/", "upstream": "app"}],
             **extra,
         }
 
     config = {
-        "listeners": [listener("public"), listener("probed", probe_clients=["127.0.0.1/32"])],
+        "listeners": [
+            listener("public"),
+            listener("probed", probe_clients=["127.0.0.1/32"]),
+            listener("stateful", tickets={"stateless": False}),
+        ],
         "upstreams": {"app": {"servers": [upstream]}},
         "admin": {"bind": "127.0.0.1:0"},
         "access_log": {"path": "off"},
@@ -153,6 +160,26 @@ async def test_a_tls12_session_made_on_a_resumes_on_b(
             host, port, ca_file=ca_pem_path, version="1.2", sess_in=session, no_ticket=True
         )
         assert (resumed.reused, resumed.http_status) == (True, b"200")
+
+
+async def test_a_tls13_stateful_ticket_from_a_resumes_on_b(
+    tmp_path: Path, ca: trustme.CA, server_cert: CertPaths
+) -> None:
+    """``tickets.stateless: false``: the TLS 1.3 ticket is a session id, shared the same way."""
+    async with fleet(tmp_path, server_cert) as (a, b, redis):
+        first = await https_request(a.address("stateful"), ca=ca, tls_version="TLSv1.3")
+        assert first.status == 200 and session_of(first).has_ticket
+        with trio.fail_after(5):
+            while True:
+                if redis.keys(f"{PREFIX}:sessions:stateful:*"):
+                    break
+                await trio.sleep(0.01)
+        on_b = await https_request(
+            b.address("stateful"), ca=ca, tls_version="TLSv1.3", session=session_of(first)
+        )
+        assert (on_b.status, on_b.tls_version, on_b.session_reused) == (200, "TLSv1.3", True)
+        stats = await shared_stats(b, "stateful")
+        assert (stats["lookups"], stats["hits"]) == (1, 1)
 
 
 def _foreign_session(ctx: ssl.SSLContext, port: int) -> ssl.SSLSession:
