@@ -40,7 +40,7 @@ from typing import Final
 import coredis
 import trio
 
-from gateproxy.core.breaker import Breaker
+from gateproxy.core.breaker import Breaker, BreakerState
 from gateproxy.core.client_hello import HelloResult
 from gateproxy.core.config import Config, ListenerConfig
 from gateproxy.core.config_fleet import FleetConfig
@@ -153,13 +153,13 @@ class SharedSessions:
                 value = await redis.get(key)
             except Exception:  # every store failure is a miss (coredis may raise a group)
                 counters.errors += 1
-                self.breaker.failure(now=self._clock())
+                self._failed("lookup failed")
                 return
         if scope.cancelled_caught:
             counters.timeouts += 1
-            self.breaker.failure(now=self._clock())
+            self._failed("lookup timed out")
             return
-        self.breaker.success()
+        self._succeeded()
         if value is None:
             counters.misses += 1
             self.negative.add(session_id, now=self._clock())
@@ -199,10 +199,10 @@ class SharedSessions:
                 await redis.set(key, value, ex=ttl)
         except Exception:  # trio.TooSlowError, coredis errors, groups: all the same failure
             self.counters.write_errors += 1
-            self.breaker.failure(now=self._clock())
+            self._failed("write failed")
             return
         self.counters.writes += 1
-        self.breaker.success()
+        self._succeeded()
 
     # --- the client -----------------------------------------------------------------------------
 
@@ -222,11 +222,23 @@ class SharedSessions:
                     async for fresh in self._queue_out:
                         await self._write(redis, fresh)
             except Exception as exc:  # an unreachable server: an ExceptionGroup from coredis
-                event("shared_sessions_redis_error", listener=self._name, error=_describe(exc))
-                self.breaker.failure(now=self._clock())
+                self._failed(f"client: {_describe(exc)}")
             finally:
                 self._client = None
             await trio.sleep(self.breaker.cooldown)
+
+    def _failed(self, reason: str) -> None:
+        """A store failure: feeds the breaker; its opening is logged once."""
+        opens = self.breaker.opens
+        self.breaker.failure(now=self._clock())
+        if self.breaker.opens != opens:
+            event("shared_sessions_breaker_open", listener=self._name, reason=reason)
+
+    def _succeeded(self) -> None:
+        was_closed = self.breaker.state is BreakerState.CLOSED
+        self.breaker.success()
+        if not was_closed:
+            event("shared_sessions_breaker_closed", listener=self._name)
 
     def stats(self) -> dict[str, object]:
         """``tls.session_cache.shared`` of this listener in /stats."""

@@ -312,3 +312,7 @@ async def test_redis_killed_then_restarted(
                 await trio.sleep(0.05)
         assert (await shared_stats(b))["breaker_open"] == 0
         assert (await shared_stats(a))["breaker_open"] == 0
+        for host in (a, b):
+            opened = await host.wait_event("shared_sessions_breaker_open", within=1)
+            assert opened["listener"] == "public"
+            await host.wait_event("shared_sessions_breaker_closed", within=1)
