@@ -98,7 +98,9 @@ class Supervisor:
         self.current = Generation(1, config, text)
         self.slots = ListenSlots()
         self.fleet_keys = FleetKeys(base_dir=self.base_dir)
-        self.keys = SupervisorKeys(base_dir=self.base_dir, source=str(path), fleet=self.fleet_keys)
+        self.keys = SupervisorKeys(
+            base_dir=self.base_dir, source=str(path), fleet=self.fleet_keys
+        )
         self.fleet = FleetHealth()
         self.retiring: list[WorkerHandle] = []
         self.policies: dict[int, RestartPolicy] = {}

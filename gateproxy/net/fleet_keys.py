@@ -192,7 +192,9 @@ class FleetKeys:
         created = slot_start(slot, rotate_every=state.rotate_every)
         if state.may_create(slot, now=wall):
             candidate = new_ticket_key(random_bytes=self._random, now=created)
-            sealed = self._sealer.seal(candidate, store_key=key_name, nonce=self._random(NONCE_LEN))
+            sealed = self._sealer.seal(
+                candidate, store_key=key_name, nonce=self._random(NONCE_LEN)
+            )
             ttl = key_ttl(rotate_every=state.rotate_every, keep=state.keep)
             if await client.set(key_name, sealed, condition=PureToken.NX, ex=ttl):
                 state.learn(slot, candidate, now=wall, created_here=True)
