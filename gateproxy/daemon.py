@@ -201,6 +201,9 @@ class Daemon:
             guard = AdminGuard(AccessList(self.config.admin.access))
             await services.start(_serve_admin_task, admin_sockets, self.stats, guard)
         services.start_soon(self._timers)
+        for listener in self.runtime.listeners:
+            if listener.shared_sessions is not None:
+                services.start_soon(listener.shared_sessions.run)
         if self.role != "worker":  # workers get the supervisor's verdicts: one checker per daemon
             services.start_soon(
                 partial(
@@ -353,7 +356,7 @@ class Daemon:
         now = trio.current_time()
         return build_stats(
             metrics=self.shared.metrics,
-            tls={lr.name: lr.engine.stats(now=now) for lr in self.runtime.listeners if lr.engine},
+            tls={lr.name: _tls_stats(lr, now=now) for lr in self.runtime.listeners if lr.engine},
             upstream_servers={
                 n: g.servers_view(now=now) for n, g in self.runtime.upstreams.items()
             },
@@ -364,6 +367,16 @@ class Daemon:
     async def _close_upstreams(self) -> None:
         for group in self.runtime.upstreams.values():
             group.close_idle()
+
+
+def _tls_stats(listener: ListenerRuntime, *, now: float) -> dict[str, object]:
+    """The engine's stats, with ``session_cache.shared`` when the listener shares sessions."""
+    assert listener.engine is not None
+    stats = listener.engine.stats(now=now)
+    cache = stats.get("session_cache")
+    if listener.shared_sessions is not None and isinstance(cache, dict):
+        cache["shared"] = listener.shared_sessions.stats()
+    return stats
 
 
 def _resolved_log_config(config: Config, *, base_dir: Path) -> AccessLogConfig:

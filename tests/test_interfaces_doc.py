@@ -23,7 +23,7 @@ from gateproxy.core.prometheus import FAMILIES, exported_name
 from tests.conftest import CertPaths, _write_leaf
 from tests.helpers.clients import https_request
 from tests.helpers.proxy import tls_listener
-from tests.helpers.sockets import free_port
+from tests.helpers.redis_server import running_redis
 from tests.helpers.supervised import supervised
 from tests.helpers.upstreams import SessionApp
 
@@ -120,28 +120,24 @@ def test_top_level_config_keys_are_documented() -> None:
 
 
 async def _collect(tmp_path: Path, ca: trustme.CA, cert: CertPaths) -> tuple[dict[str, Any], str]:
-    async with SessionApp() as app:  # a session per cookie-less request: guard tables fill
+    # a session per cookie-less request: guard tables fill; a real Redis: the shared cache's
+    async with SessionApp() as app, running_redis(tmp_path) as redis:
         health = {"path": "/health", "interval": "100ms", "rise": 1}
+        # the shared session cache and fleet ticket keys, both through a real Redis
+        listener = tls_listener(
+            cert=cert.cert,
+            key=cert.key,
+            health_checks=[{"path": "/healthz", "upstream": "app"}],
+            tls={"session_cache": {"shared": True}, "tickets": {"source": "fleet"}},
+        )
         (tmp_path / "fleet.secret").write_bytes(os.urandom(32))
-        # fleet ticket keys with no Redis listening: a local fallback fills every fleet field
-        fleet = {
-            "redis": {"url": f"redis://127.0.0.1:{free_port()}/0", "timeout": "100ms"},
-            "secret_file": "fleet.secret",
-        }
         config = {
             "workers": 1,
-            "listeners": [
-                tls_listener(
-                    cert=cert.cert,
-                    key=cert.key,
-                    health_checks=[{"path": "/healthz", "upstream": "app"}],
-                    tls={"tickets": {"source": "fleet"}},
-                )
-            ],
+            "fleet": {"redis": {"url": redis.url}, "secret_file": "fleet.secret"},
+            "listeners": [listener],
             "upstreams": {"app": {"servers": [app.address], "health": health}},
             "admin": {"bind": "127.0.0.1:0"},
             "access_log": {"path": "off"},
-            "fleet": fleet,
         }
         async with supervised(config, tmp_path) as gp:
             for path in ("/users/7", "/healthz"):
@@ -172,6 +168,7 @@ PLACEHOLDERS = {
     "listeners.<listener>.requests.responses": "<class>",
     "upstreams.<upstream>.failures": "<reason>",
     "listeners.<listener>.tls.handshakes.by_version": "<version>",
+    "listeners.<listener>.tls.session_cache.shared.skipped_by_reason": "<skip>",
     **{
         f"{parent}.latency.{histogram}.buckets": "<le>"
         for parent in ("listeners.<listener>", "upstreams.<upstream>")
@@ -217,7 +214,7 @@ def test_every_stats_path_is_documented_and_every_documented_path_is_served(
     assert actual - documented == set(), "served but not in docs/interfaces.md"
     assert documented - actual == set(), "in docs/interfaces.md but not served"
     prose = set(ticked(section("`/stats`")))
-    for placeholder in ("<limit>", "<class>", "<reason>", "<le>", "<version>"):
+    for placeholder in ("<limit>", "<class>", "<reason>", "<le>", "<version>", "<skip>"):
         assert names[placeholder] <= prose, (placeholder, names[placeholder] - prose)
 
 

@@ -33,6 +33,7 @@ from gateproxy.core.config_access import AccessRules
 from gateproxy.core.config_fleet import FleetConfig, fleet_problems
 from gateproxy.core.config_proxy_protocol import CidrList, ProxyProtocolConfig
 from gateproxy.core.config_rate_limit import RateLimitConfig
+from gateproxy.core.config_shared_sessions import shared_session_problems
 from gateproxy.core.units import parse_duration, parse_size
 from gateproxy.errors import ConfigError, ConfigProblem
 
@@ -179,6 +180,8 @@ class SessionCacheConfig(_Model):
     timeout: Duration = 300.0
     sweep_interval: Duration = 10.0
     max_per_client: NonNegativeInt = 100  # 0 = no per-client budget
+    shared: bool = False  # TLS 1.2 sessions shared via fleet.redis (core/config_shared_sessions)
+    shared_timeout: PositiveDuration = 0.02  # the most a handshake waits for the shared store
 
 
 class TicketsConfig(_Model):
@@ -598,6 +601,7 @@ def _cross_check(checked: CheckedConfig) -> Iterator[ConfigProblem]:
         yield ConfigProblem("admin.bind", f"bind {admin_bind!r} is also a listener's bind")
     if checked.config is not None:
         yield from fleet_problems(checked.config)
+        yield from shared_session_problems(checked.config)
 
 
 def _check_listener(

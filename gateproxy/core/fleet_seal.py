@@ -20,7 +20,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from gateproxy.core.ticket_keys import NAME_LEN, TicketKey
 from gateproxy.errors import SealError
 
-__all__ = ["MIN_SECRET_LEN", "NONCE_LEN", "SealError", "Sealer"]
+__all__ = ["MIN_SECRET_LEN", "NONCE_LEN", "SESSIONS_LABEL", "SealError", "Sealer"]
 
 MIN_SECRET_LEN = 32
 """A fleet secret file holds at least this many bytes (say, ``head -c 32 /dev/urandom``)."""
@@ -29,17 +29,20 @@ NONCE_LEN = 12
 _MAGIC = b"gpk1"
 _PLAIN_LEN = NAME_LEN + 32 + 32
 _INFO = b"gateproxy fleet ticket keys v1"
+SESSIONS_LABEL = b"gateproxy fleet sessions v1"
+"""The HKDF label of the key that seals TLS sessions in the shared session cache."""
+_BYTES_MAGIC = b"gps1"
 
 
 class Sealer:
     """Seals and opens ticket keys under one fleet secret."""
 
-    def __init__(self, secret: bytes) -> None:
+    def __init__(self, secret: bytes, *, label: bytes = _INFO) -> None:
         if len(secret) < MIN_SECRET_LEN:
             raise ValueError(
                 f"fleet secret: expected at least {MIN_SECRET_LEN} bytes, got {len(secret)}"
             )
-        derived = HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=_INFO).derive(secret)
+        derived = HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=label).derive(secret)
         self._aead = AESGCM(derived)
 
     def seal(self, key: TicketKey, *, store_key: str, nonce: bytes) -> bytes:
@@ -70,3 +73,25 @@ class Sealer:
             hmac_key=plain[NAME_LEN + 32 :],
             created=created,
         )
+
+    def seal_bytes(self, plain: bytes, *, store_key: str, nonce: bytes) -> bytes:
+        """Any bytes (a TLS session's DER), sealed for ``store_key``:
+        ``b"gps1" | nonce[12] | AES-GCM(plain)``."""
+        if len(nonce) != NONCE_LEN:
+            raise ValueError(f"expected a {NONCE_LEN}-byte nonce, got {len(nonce)} bytes")
+        return _BYTES_MAGIC + nonce + self._aead.encrypt(nonce, plain, store_key.encode())
+
+    def open_bytes(self, value: bytes, *, store_key: str) -> bytes:
+        """The bytes :meth:`seal_bytes` sealed for ``store_key``; SealError otherwise."""
+        head = len(_BYTES_MAGIC) + NONCE_LEN
+        if not value.startswith(_BYTES_MAGIC) or len(value) < head + 16:
+            raise SealError(f"{store_key}: not a sealed gateproxy value")
+        try:
+            return self._aead.decrypt(
+                value[len(_BYTES_MAGIC) : head], value[head:], store_key.encode()
+            )
+        except InvalidTag:
+            raise SealError(
+                f"{store_key}: the value does not open with this fleet secret "
+                "(another secret_file, or a value copied from another key)"
+            ) from None

@@ -19,6 +19,7 @@ import math
 from collections.abc import Mapping
 
 from gateproxy.core.metrics import SESSION_CACHE_FIELDS, TICKET_FIELDS, GuardCounters
+from gateproxy.core.prometheus_sessions import SHARED_SESSION_FAMILIES, shared_session_samples
 
 Labels = tuple[tuple[str, str], ...]
 
@@ -83,6 +84,7 @@ FAMILIES: dict[str, tuple[str, str]] = {
     "tls_session_cache_misses_total": ("counter", "Session cache lookups that found nothing."),
     "tls_session_cache_evictions_total": ("counter", "Sessions evicted to make room."),
     "tls_session_cache_expired_total": ("counter", "Sessions removed because they expired."),
+    **SHARED_SESSION_FAMILIES,  # tls.session_cache.shared (core/prometheus_sessions.py)
     "tls_tickets_issued_total": ("counter", "TLS session tickets issued."),
     "tls_tickets_renewed_total": ("counter", "Tickets re-issued under the current key."),
     "tls_tickets_rejected_total": ("counter", "Tickets that could not be decrypted."),
@@ -304,6 +306,8 @@ def _render_listener(out: _Samples, name: str, tree: object) -> None:
         labels = (*ln, ("role", str(_get(key, "role"))), ("key", _key_label(key, index)))
         out.add("tls_ticket_key_age_seconds", labels, _get(key, "age_s"))
     _render_fleet_keys(out, ln, _get(tls, "tickets", "fleet"))
+    for family, extra, value in shared_session_samples(_get(tls, "session_cache", "shared")):
+        out.add(family, (*ln, *extra), value)
 
 
 def _render_fleet_keys(out: _Samples, ln: Labels, fleet: object) -> None:

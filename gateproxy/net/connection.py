@@ -15,6 +15,8 @@ engine forgets the connection (and the session of a connection that only asked h
 
 from __future__ import annotations
 
+from functools import partial
+
 import trio
 
 from gateproxy.core.client_address import UNKNOWN_PEER
@@ -79,7 +81,7 @@ async def _serve_admitted(
     pump: Pump | None = None
     try:
         with scope:
-            if not await _handshake(listener, tls, probe=probe):
+            if not await _handshake(listener, tls, client_ip=client_ip, probe=probe):
                 return
             machine = _machine(listener, client_ip, probe)
             pump = Pump(listener, tls, machine, client_ip=client_ip, ssl_object=tls.ssl_object)
@@ -110,6 +112,8 @@ def _forget(
     if engine is not None and not probe:
         if not machine.tickets_released and machine.health_requests:
             engine.forget_session(tls.ssl_object)
+        if listener.shared_sessions is not None:  # never published: a prober's session
+            listener.shared_sessions.drop_unwritten(tls.ssl_object)
         engine.unregister_connection(tls.ssl_object)
 
 
@@ -127,10 +131,16 @@ def _tls_stream(
     return tls_stream
 
 
-async def _handshake(listener: ListenerRuntime, tls: ServerTLSStream, *, probe: bool) -> bool:
-    """The handshake (its deadline is the caller's scope), counted; False if it failed."""
+async def _handshake(
+    listener: ListenerRuntime, tls: ServerTLSStream, *, client_ip: str, probe: bool
+) -> bool:
+    """The handshake (its deadline is the caller's scope), counted; False if it failed. On a
+    shared-cache listener the ClientHello is shown to the shared cache first (a bounded lookup
+    before OpenSSL reads it)."""
+    shared = listener.shared_sessions if not probe else None
+    on_hello = None if shared is None else partial(shared.on_hello, client=client_ip)
     try:
-        await tls.do_handshake()
+        await tls.do_handshake(on_hello=on_hello)
     except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
         await _handshake_failed(listener, tls, probe=probe)
         return False

@@ -331,6 +331,9 @@ class Pump:
         engine = self.listener.engine
         if engine is not None and self.ssl_object is not None and not self.machine.probe:
             engine.send_deferred_tickets(self.ssl_object)
+            shared = self.listener.shared_sessions
+            if shared is not None:  # no prober: its TLS 1.2 session may go to the fleet
+                shared.publish(self.ssl_object)
 
     async def _pass_through(self, action: PassThrough) -> None:
         check = action.check

@@ -24,11 +24,13 @@ from gateproxy.core.metrics import ListenerCounters, Metrics
 from gateproxy.core.policy import ListenerPolicy, ServiceState, build_policy
 from gateproxy.core.probes import ProbeClassifier
 from gateproxy.core.session_guard import SessionGuard
+from gateproxy.core.session_ids import SessionIds
 from gateproxy.core.ticket_keys import KeyRing, TicketKey
 from gateproxy.errors import ConfigError, ConfigProblem, KeyFileError
 from gateproxy.logs import AccessLog, event
 from gateproxy.net.health_pass import PassThroughCache
 from gateproxy.net.shared import SharedState
+from gateproxy.net.shared_sessions import SharedSessions, shared_secret_for
 from gateproxy.net.upstream_group import UpstreamGroup
 from gateproxy.tls.contexts import build_listener_contexts
 from gateproxy.tls.engine import ListenerTLSEngine
@@ -84,6 +86,7 @@ class ListenerRuntime:
     probe_context: ssl.SSLContext | None = None
     engine: ListenerTLSEngine | None = None
     pass_through: PassThroughCache | None = None
+    shared_sessions: SharedSessions | None = None  # tls.session_cache.shared (net/shared_sessions)
     rejections: RejectionLog = field(default_factory=RejectionLog)
     storms: StormDetector = field(default_factory=StormDetector)
 
@@ -249,6 +252,8 @@ def _build_listener(
         )
         runtime.main_context = contexts.main
         runtime.probe_context = contexts.probe
+        secret = shared_secret_for(config, lc, base_dir=base_dir, source=source)
+        ids = SessionIds(secret, listener=lc.name) if secret is not None else None
         runtime.engine = ListenerTLSEngine(
             main=contexts.main,
             probe=contexts.probe,
@@ -257,7 +262,12 @@ def _build_listener(
             defer_tickets=bool(lc.health_checks),
             clock=clock,
             degraded=config.tls_engine == "stdlib_only",
+            session_ids=ids,
         )
+        if secret is not None and ids is not None and config.fleet is not None:
+            runtime.shared_sessions = SharedSessions(
+                listener=lc, fleet=config.fleet, secret=secret, ids=ids, engine=runtime.engine
+            )
     return runtime
 
 

@@ -27,9 +27,11 @@ from __future__ import annotations
 
 import contextlib
 import ssl
+from collections.abc import Awaitable, Callable
 
 import trio
 
+from gateproxy.core.client_hello import NEED_MORE, HelloResult, NotAHello, read_client_hello
 from gateproxy.net.fd_io import FdIO
 
 RECORD_READ = 64 * 1024  # ciphertext read per recv (several full TLS records)
@@ -68,8 +70,16 @@ class ServerTLSStream(trio.abc.Stream):
 
     # --- the TLS operations ----------------------------------------------------------------
 
-    async def do_handshake(self) -> None:
-        """Complete the handshake; raises ``trio.BrokenResourceError`` if the peer fails it."""
+    async def do_handshake(
+        self, *, on_hello: Callable[[HelloResult], Awaitable[None]] | None = None
+    ) -> None:
+        """Complete the handshake; raises ``trio.BrokenResourceError`` if the peer fails it.
+
+        ``on_hello`` (the shared session cache): the client's first flight is read into the
+        incoming BIO and parsed (``core.client_hello``) before OpenSSL sees any of it, and the
+        handshake starts once ``on_hello`` returned."""
+        if on_hello is not None:
+            await on_hello(await self._read_hello())
         while True:
             try:
                 self.ssl_object.do_handshake()
@@ -197,6 +207,22 @@ class ServerTLSStream(trio.abc.Stream):
             self._send_pending_now()
             return
         await self._flush()
+
+    async def _read_hello(self) -> HelloResult:
+        """Read until the ClientHello is complete (or is none), all of it left for OpenSSL."""
+        seen = b""
+        while True:
+            try:
+                data = await self._io.read(RECORD_READ, wait_first=False)
+            except OSError as exc:
+                raise trio.BrokenResourceError(f"connection lost: {exc}") from exc
+            self._feed(data)
+            if not data:
+                return NotAHello("the client closed before its hello was complete")
+            seen += data
+            result = read_client_hello(seen)
+            if result is not NEED_MORE:
+                return result
 
     # --- the descriptor --------------------------------------------------------------------
 

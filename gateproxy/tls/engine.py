@@ -17,6 +17,11 @@ hands them to :class:`ListenerTLSEngine`, which installs the session policy on t
   per_handshake`` (``0`` with ``defer_tickets``: the shell calls :meth:`send_deferred_tickets`
   once a request is known not to be a health check). Disabled: ``OP_NO_TICKET`` *and*
   ``num_tickets = 0`` (TLS 1.3 + ``OP_NO_TICKET`` alone means stateful tickets).
+* ``session_ids`` (the shared session cache, ``lru`` only): new session ids carry gateproxy's
+  MAC (tls/session_ids.py), and the sessions each connection makes (TLS 1.2, or TLS 1.3
+  stateful tickets) are kept aside for the shell (:meth:`take_new_sessions`) to write to the
+  store once the client is known not to be a prober; :meth:`hold_prefetched` puts a session
+  fetched from the store into the local cache.
 * ``probe``: cache OFF, ``OP_NO_TICKET``, ``num_tickets = 0``: no session state at all.
 
 ``degraded=True`` (``tls_engine: stdlib_only``) touches no ctypes: only ``num_tickets`` and
@@ -33,10 +38,12 @@ from dataclasses import dataclass
 
 from gateproxy.core.config import TLSConfig
 from gateproxy.core.session_cache import SessionCache
+from gateproxy.core.session_ids import SessionIds
 from gateproxy.core.ticket_keys import KeyRing, TicketKey, TicketStats
 from gateproxy.errors import TLSEngineError
 from gateproxy.tls import libssl as L
 from gateproxy.tls.session_callbacks import SessionBridge, install_session_callbacks
+from gateproxy.tls.session_ids import install_session_id_generator
 from gateproxy.tls.ticket_callback import TicketBridge, install_ticket_callback
 
 __all__ = ["OPENSSL_DEFAULT_CACHE_SIZE", "ListenerTLSEngine"]
@@ -64,8 +71,10 @@ class ListenerTLSEngine:
         defer_tickets: bool,
         clock: Callable[[], float],
         degraded: bool = False,
+        session_ids: SessionIds | None = None,
     ) -> None:
         self._main = main
+        self._session_ids = session_ids  # the shared session cache's MAC'd ids
         self._probe = probe
         self._tls = tls
         self._clock = clock
@@ -161,6 +170,10 @@ class ListenerTLSEngine:
                 ptr, set_mode, get_mode, L.SESS_CACHE_SERVER | L.SESS_CACHE_NO_INTERNAL
             )
             install_session_callbacks(lib, ptr, self._session_bridge)
+            if self._session_ids is not None:
+                self._session_bridge.fresh = {}
+                if not install_session_id_generator(lib, ptr, self._session_ids):
+                    raise TLSEngineError("session_ids", "SSL_CTX_set_generate_session_id refused")
 
     def _install_tickets(self) -> None:
         if self._keyring is None:
@@ -199,6 +212,8 @@ class ListenerTLSEngine:
         self._conns.pop(ptr, None)
         if self._session_bridge is not None:
             self._session_bridge.clients.pop(ptr, None)
+            if self._session_bridge.fresh is not None:
+                self._session_bridge.fresh.pop(ptr, None)
 
     def send_deferred_tickets(self, ssl_object: ssl.SSLObject) -> None:
         """TLS 1.3 with deferred tickets: queue ``per_handshake`` tickets (sent with the next
@@ -234,6 +249,26 @@ class ListenerTLSEngine:
         self._lib.ctx_remove_session(self._main_ptr, session)
         if self._cache is not None and session_id:
             self._cache.remove(session_id)
+
+    # --- the shared session cache (net/shared_sessions.py) ---------------------------------------
+
+    def holds_session(self, session_id: bytes) -> bool:
+        """Is ``session_id`` in this worker's cache (presence only: no hit counted)?"""
+        return self._cache is not None and session_id in self._cache
+
+    def hold_prefetched(self, session_id: bytes, der: bytes, *, client: str) -> None:
+        """Put a session fetched from the store into the local cache before the handshake
+        reads the hello (cap, LRU and ``client``'s budget apply as to any entry)."""
+        if self._cache is not None:
+            self._cache.put(session_id, der, client=client, now=self._clock())
+
+    def take_new_sessions(self, ssl_object: ssl.SSLObject) -> list[tuple[bytes, bytes, float]]:
+        """The sessions this connection made so far (id, DER, made at), once: the TLS 1.2
+        session, or its TLS 1.3 stateful tickets."""
+        bridge = self._session_bridge
+        if self._degraded or bridge is None or bridge.fresh is None:
+            return []
+        return bridge.fresh.pop(L.ssl_pointer_checked(self._lib, ssl_object), [])
 
     # --- timers ---------------------------------------------------------------------------------
 

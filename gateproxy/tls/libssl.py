@@ -95,6 +95,8 @@ NEW_SESSION_CB = CFUNCTYPE(c_int, c_void_p, c_void_p)
 GET_SESSION_CB = CFUNCTYPE(c_void_p, c_void_p, c_void_p, c_int, c_void_p)
 # void remove_session_cb(SSL_CTX *ctx, SSL_SESSION *sess)
 REMOVE_SESSION_CB = CFUNCTYPE(None, c_void_p, c_void_p)
+# int generate_session_id_cb(SSL *ssl, unsigned char *id, unsigned int *id_len)
+GEN_SESSION_ID_CB = CFUNCTYPE(c_int, c_void_p, c_void_p, c_void_p)
 # int ticket_key_evp_cb(SSL *s, uchar key_name[16], uchar *iv, EVP_CIPHER_CTX *, EVP_MAC_CTX *,
 #                       int enc)
 TICKET_KEY_EVP_CB = CFUNCTYPE(c_int, c_void_p, c_void_p, c_void_p, c_void_p, c_void_p, c_int)
@@ -141,6 +143,12 @@ SYMBOLS: dict[str, tuple[str, str, Any, list[Any]]] = {
         "SSL_CTX_set_tlsext_ticket_key_evp_cb",
         c_int,
         [_P, TICKET_KEY_EVP_CB],
+    ),
+    "ctx_set_generate_session_id": (
+        "ssl",
+        "SSL_CTX_set_generate_session_id",
+        c_int,
+        [_P, GEN_SESSION_ID_CB],
     ),
     "ctx_remove_session": ("ssl", "SSL_CTX_remove_session", c_int, [_P, _P]),
     "ctx_set_sid_ctx": ("ssl", "SSL_CTX_set_session_id_context", c_int, [_P, c_char_p, c_uint]),
@@ -292,6 +300,10 @@ class LibSSL:
 
     def ctx_set_ticket_cb(self, ctx: int, cb: Any) -> bool:
         return bool(self._fn["ctx_set_ticket_cb"](ctx, cb))
+
+    def ctx_set_generate_session_id(self, ctx: int, cb: Any) -> bool:
+        """Install a CFUNCTYPE ``GEN_SESSION_ID_CB`` thunk (the caller keeps it alive)."""
+        return bool(self._fn["ctx_set_generate_session_id"](ctx, cb))
 
     def ctx_remove_session(self, ctx: int, session: int) -> bool:
         return bool(self._fn["ctx_remove_session"](ctx, session))

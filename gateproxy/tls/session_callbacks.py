@@ -53,6 +53,7 @@ KEEP_ALIVE: list[object] = []
 OP_NO_TICKET = 0x4000  # SSL_OP_NO_TICKET (same value as ssl.OP_NO_TICKET)
 
 UNKNOWN_CLIENT = "?"
+MAX_FRESH = 8  # sessions kept aside per connection for the shared store (TLS 1.3: one per ticket)
 
 
 class SessionBridge:
@@ -66,6 +67,10 @@ class SessionBridge:
         self.errors = 0
         self.stored = 0
         self.skipped_stateless = 0
+        # shared cache: SSL* -> (id, DER, made at) of each session it made (TLS 1.2, or TLS 1.3
+        # stateful tickets), until the shell writes them to the store or drops them (a
+        # prober's); None: no shared cache
+        self.fresh: dict[int, list[tuple[bytes, bytes, float]]] | None = None
 
     def on_new(self, ssl_ptr: int, session: int) -> int:
         """Store a new session's DER bytes; always return 0 (no reference kept)."""
@@ -83,8 +88,13 @@ class SessionBridge:
         if not der:
             return 0
         client = self.clients.get(ssl_ptr, UNKNOWN_CLIENT)
-        self.cache.put(session_id, der, client=client, now=self.clock())
+        now = self.clock()
+        self.cache.put(session_id, der, client=client, now=now)
         self.stored += 1
+        if self.fresh is not None and ssl_ptr in self.clients:
+            made = self.fresh.setdefault(ssl_ptr, [])
+            if len(made) < MAX_FRESH:
+                made.append((session_id, der, now))
         return 0
 
     def on_get(self, session_id: bytes) -> int:

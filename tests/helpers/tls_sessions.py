@@ -88,10 +88,12 @@ async def s_client(
     sess_out: Path | None = None,
     sess_in: Path | None = None,
     path: str = "/",
+    no_ticket: bool = False,
 ) -> SClientSession:
     """One ``GET path`` over ``openssl s_client`` (``version``: ``"1.2"`` or ``"1.3"``).
 
-    ``sess_out`` saves the session (with its ticket) for a later ``sess_in``. The request says
+    ``sess_out`` saves the session (with its ticket) for a later ``sess_in``; ``no_ticket``
+    offers no ticket extension. The request says
     ``Connection: close`` and ``-ign_eof`` waits for the answer, so TLS 1.3 tickets sent after
     the handshake or with the response are received before s_client saves the session.
     """
@@ -108,6 +110,8 @@ async def s_client(
         "-tls1_3" if version == "1.3" else "-tls1_2",
         "-ign_eof",
     ]
+    if no_ticket:  # no session ticket extension: TLS 1.2 resumes by session id only
+        args.append("-no_ticket")
     if sess_out is not None:
         args += ["-sess_out", str(sess_out)]
     if sess_in is not None:

@@ -21,6 +21,7 @@ import trustme
 from OpenSSL import SSL as OSSL
 
 from gateproxy.core.config import CertificateConfig, SessionCacheConfig, TicketsConfig, TLSConfig
+from gateproxy.core.session_ids import SessionIds
 from gateproxy.core.ticket_keys import KeyRing
 from gateproxy.tls import libssl as L
 from gateproxy.tls.engine import ListenerTLSEngine
@@ -85,6 +86,7 @@ def make_server(
     defer_tickets: bool = False,
     degraded: bool = False,
     clock: FakeClock | None = None,
+    session_ids: SessionIds | None = None,
     **config: Any,
 ) -> Server:
     return server_on(
@@ -95,6 +97,7 @@ def make_server(
         defer_tickets=defer_tickets,
         degraded=degraded,
         clock=clock,
+        session_ids=session_ids,
     )
 
 
@@ -107,6 +110,7 @@ def server_on(
     defer_tickets: bool = False,
     degraded: bool = False,
     clock: FakeClock | None = None,
+    session_ids: SessionIds | None = None,
 ) -> Server:
     """An engine over ``main`` and ``probe`` (e.g. the contexts contexts.py built)."""
     clock = clock or FakeClock()
@@ -118,6 +122,7 @@ def server_on(
         defer_tickets=defer_tickets,
         clock=clock,
         degraded=degraded,
+        session_ids=session_ids,
     )
     return Server(main, probe, engine, clock)
 
