@@ -5,8 +5,10 @@ with a :class:`Fed`: how many of the bytes it took (``consumed``) and the outcom
 :data:`NEED_MORE`, a :class:`ProxyHeader` or a :class:`ProxyHeaderInvalid` with a reason. It
 never takes a byte past the header's end, so the shell can peek at the socket, feed what it saw,
 and consume exactly ``consumed`` bytes: what follows (a TLS ClientHello, an HTTP request) stays in
-the kernel for the stream that reads next. :attr:`~ProxyHeaderParser.wanted` is how many more
-bytes could still belong to the header (the size of the next peek).
+the kernel for the stream that reads next. :attr:`~ProxyHeaderParser.wanted` is the size of
+the next peek (v1: the rest of its 107-byte bound; v2: the rest of its 16-byte fixed part until
+the length in it is known, then exactly the rest of the header); whatever it is given, ``feed``
+never takes a byte past the header's end.
 
 The format (haproxy's doc/proxy-protocol.txt):
 
@@ -101,7 +103,8 @@ class ProxyHeaderParser:
 
     @property
     def wanted(self) -> int:
-        """How many more bytes could still be part of the header (at least 1 until done)."""
+        """The size of the next peek: no more than the header can still need (at least 1
+        until done; see the module docstring)."""
         have = len(self._buffer)
         if self._total is not None:
             return self._total - have

@@ -257,8 +257,8 @@ def _run(chunks: list[bytes]) -> None:
         wanted = parser.wanted
         fed = parser.feed(chunk)
         assert 0 <= fed.consumed <= len(chunk)
-        if total:  # once begun, wanted is exact; before the first byte it is the v2 size
-            assert fed.consumed <= wanted
+        if len(chunk) <= wanted:  # what the shell feeds (it peeks ``wanted``): all of it, or
+            assert fed.consumed <= wanted  # up to the header's end (checked below)
         total += fed.consumed
         if isinstance(fed.outcome, ProxyHeader):
             assert fed.outcome.length == total
@@ -292,6 +292,32 @@ def test_fuzz_never_raises_and_never_takes_past_the_header(
 def test_fuzz_v2_fields_never_raise(ver_cmd: int, fam: int, body: bytes, cut: int) -> None:
     wire = V2_SIGNATURE + bytes([ver_cmd, fam]) + struct.pack("!H", len(body)) + body
     _run([wire[i : i + cut] for i in range(0, len(wire), cut)] + [AFTER])
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    ver_cmd=st.sampled_from([0x20, 0x21]),
+    fam=st.sampled_from([0x00, 0x11, 0x21, 0x31]),
+    body=st.binary(max_size=300),
+)
+def test_peeking_wanted_bytes_never_takes_what_follows_the_header(
+    ver_cmd: int, fam: int, body: bytes
+) -> None:
+    """The shell's way: peek ``wanted`` bytes, feed them, consume what was taken. Before a v2
+    header's length is known ``wanted`` is only the rest of its fixed part, so no peek reaches
+    past the header; the bytes after it (a ClientHello) are never taken."""
+    header = V2_SIGNATURE + bytes([ver_cmd, fam]) + struct.pack("!H", len(body)) + body
+    wire, parser, pos = header + AFTER, ProxyHeaderParser(), 0
+    while True:
+        wanted = parser.wanted
+        fed = parser.feed(wire[pos : pos + wanted])
+        assert fed.consumed <= wanted
+        pos += fed.consumed
+        if not isinstance(fed.outcome, NeedMore):
+            break
+    assert pos <= len(header)
+    if isinstance(fed.outcome, ProxyHeader):
+        assert pos == fed.outcome.length == len(header)
 
 
 @settings(max_examples=200, deadline=None)
