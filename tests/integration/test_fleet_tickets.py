@@ -139,20 +139,33 @@ async def test_a_host_whose_clock_runs_ahead_still_resumes_its_peers_tickets(
     async with running_redis(tmp_path) as redis, RecordingUpstream() as up:
         paths = [_host_config(tmp_path, n, server_cert, up.address, redis.url, "4s") for n in "ab"]
         async with supervised_file(paths[0]) as a, supervised_file(paths[1], prefix=ahead) as b:
-            # wait until B (ahead) is in the next slot and A's boundary is still >= 1 s away
-            with trio.fail_after(2 * rotate):
-                while True:
-                    fa, fb = await _fleet(a), await _fleet(b)
-                    if fb["slot"] == fa["slot"] + 1 and time.time() % rotate <= rotate - 1:
-                        break
-                    await trio.sleep(0.05)
-            from_a = await _get(a, ca)
-            from_b = await _get(b, ca)
-            on_b = await _get(b, ca, resume=from_a)  # B holds A's key as the previous slot's
-            on_a = await _get(a, ca, resume=from_b)  # A holds B's key as the next, decrypt-only
-            assert (await _fleet(b))["slot"] == (await _fleet(a))["slot"] + 1
+            # Inside the window where B (ahead) is already in the next slot and A is not, each
+            # host resumes the other's ticket. On a loaded machine the window may close before
+            # the four handshakes are done: such an attempt proves nothing and is made again.
+            for _attempt in range(3):
+                fa, fb = await _skew_window(a, b, rotate=rotate)
+                from_a = await _get(a, ca)
+                from_b = await _get(b, ca)
+                on_b = await _get(b, ca, resume=from_a)  # B holds A's key as the previous slot's
+                on_a = await _get(a, ca, resume=from_b)  # A holds B's key as the next one
+                if (await _fleet(b))["slot"] == (await _fleet(a))["slot"] + 1:
+                    break
+            else:
+                pytest.fail("the skew window closed before the handshakes, three times")
             assert on_b.session_reused and on_a.session_reused
             assert fb["key"] != fa["key"]
+
+
+async def _skew_window(
+    a: Supervised, b: Supervised, *, rotate: float
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Wait until B is in the slot after A's and A's boundary is still >= 1 s away."""
+    with trio.fail_after(2 * rotate):
+        while True:
+            fa, fb = await _fleet(a), await _fleet(b)
+            if fb["slot"] == fa["slot"] + 1 and time.time() % rotate <= rotate - 1:
+                return fa, fb
+            await trio.sleep(0.05)
 
 
 async def _load(
